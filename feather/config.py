@@ -1,0 +1,188 @@
+"""The pruning configuration and the plan it implies, torch-free.
+
+``PruneConfig`` is what a user chooses (criterion, K list, ratio R, stride, mode);
+``plan()`` turns it into ``Stage`` records for a model with a given number of layers and
+image-token grid. Every bad value raises ``ConfigError`` naming the field, the value
+given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from feather.errors import ConfigError
+
+MODES = ("static", "paper")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """How one criterion prunes: the rule of each stage, and which K lists it accepts."""
+
+    rules: tuple[str, ...]  # one rule per stage; () for no pruning
+    needs_score: bool  # True when its first stage ranks by attention (so K >= 1)
+    fixed_k: tuple[int, ...] | None = None  # K forced by the criterion (text_only)
+    doc: str = ""
+
+
+# Stage rules (see feather.selection for what each does):
+#   topk_rope    top floor(n * rho) by the RoPE attention score (FastV)
+#   topk_norope  the same with the RoPE-free score (phi_R)
+#   uniform      grid tokens on rows / cols 0, s, 2s, ...
+#   knn          top floor(n * rho) by DPC-KNN density * delta over vision features
+#   ensemble     norope top-k united with the grid (static: grid + top-k of the rest)
+#   topk_norope2 FEATHER's stage 2: top floor(n * rho^2) by the RoPE-free score
+#   drop_all     keep no image token (text-only baseline)
+CRITERIA: dict[str, Criterion] = {
+    "none": Criterion((), False, doc="no pruning (the baseline every benchmark compares with)"),
+    "original": Criterion(("topk_rope",), True, doc="FastV: top-k by the RoPE attention score"),
+    "norope": Criterion(("topk_norope",), True, doc="phi_R: top-k by the RoPE-free attention score"),
+    "uniform": Criterion(("uniform",), False, doc="uniform grid with stride s"),
+    "knn": Criterion(("knn",), False, doc="DPC-KNN density peaks over the vision features"),
+    "ensemble": Criterion(("ensemble",), True, doc="phi_R top-k united with the uniform grid"),
+    "feather": Criterion(
+        ("ensemble", "topk_norope2"), True, doc="FEATHER: ensemble at K1, RoPE-free top-k at K2"
+    ),
+    "text_only": Criterion(("drop_all",), False, fixed_k=(0,), doc="drop every image token before the LLM"),
+}
+
+SCORE_RULES = {"topk_rope": True, "topk_norope": False, "ensemble": False, "topk_norope2": False}
+"""Rules that rank by an attention score, mapped to whether that score applies RoPE."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pruning stage: before decoder layer ``layer``, apply ``rule``."""
+
+    layer: int
+    rule: str
+
+    @property
+    def needs_score(self) -> bool:
+        return self.rule in SCORE_RULES
+
+    @property
+    def rope(self) -> bool:
+        return SCORE_RULES.get(self.rule, False)
+
+
+def keep_fraction(ratio: float) -> float:
+    """rho = 1 - R, the fraction of image tokens a top-k stage keeps."""
+    return 1.0 - ratio
+
+
+def floor_count(n: int, fraction: float) -> int:
+    """floor(n * fraction), robust to float error (0.3 * 10 must give 3, not 2)."""
+    return int(math.floor(n * fraction + 1e-9))
+
+
+def grid_count(grid: int, stride: int) -> int:
+    """Tokens on the uniform grid: ceil(G / s)^2."""
+    return math.ceil(grid / stride) ** 2
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What the user chooses. Validated on construction; see ``plan`` for the stages."""
+
+    criterion: str = "feather"
+    K: tuple[int, ...] = (8, 16)
+    ratio: float = 0.7
+    stride: int = 3
+    mode: str = "static"
+    stages: tuple[Stage, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise ConfigError(
+                f"criterion: got {self.criterion!r}, expected one of {', '.join(sorted(CRITERIA))}"
+            )
+        crit = CRITERIA[self.criterion]
+        k = tuple(self.K) if crit.fixed_k is None else crit.fixed_k
+        if not crit.rules:
+            k = ()
+        object.__setattr__(self, "K", k)
+        _check_number("ratio", self.ratio, float)
+        if not 0.0 < float(self.ratio) < 1.0:
+            raise ConfigError(f"ratio: got {self.ratio}, expected a fraction pruned strictly between 0 and 1")
+        _check_number("stride", self.stride, int)
+        if self.stride < 1:
+            raise ConfigError(f"stride: got {self.stride}, expected an integer >= 1")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: got {self.mode!r}, expected one of {', '.join(MODES)}")
+        self._check_k(crit, k)
+        rules = crit.rules[: len(k)] if self.criterion == "feather" else crit.rules
+        object.__setattr__(self, "stages", tuple(Stage(layer, rule) for layer, rule in zip(k, rules)))
+
+    def _check_k(self, crit: Criterion, k: tuple[int, ...]) -> None:
+        if not crit.rules:
+            return
+        for i, layer in enumerate(k):
+            if isinstance(layer, bool) or not isinstance(layer, int):
+                raise ConfigError(f"K[{i}]: got {layer!r}, expected an integer layer index")
+            if layer < 0:
+                raise ConfigError(f"K[{i}]: got {layer}, expected a layer index >= 0")
+        if list(k) != sorted(set(k)):
+            raise ConfigError(f"K: got {list(k)}, expected strictly ascending layer indices")
+        max_stages = len(crit.rules)
+        if not 1 <= len(k) <= max_stages:
+            allowed = "one layer" if max_stages == 1 else f"1 to {max_stages} layers"
+            hint = "; use --criterion feather for two stages" if max_stages == 1 else ""
+            raise ConfigError(f"K: got {list(k)}, criterion {self.criterion!r} prunes at {allowed}{hint}")
+        if crit.needs_score and k[0] < 1:
+            raise ConfigError(
+                f"K[0]: got 0, criterion {self.criterion!r} ranks by the attention of layer K-1, "
+                "so K must be >= 1 (use uniform, knn or text_only to prune before the LLM)"
+            )
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raise unless every K lies inside a model with ``num_layers`` decoder layers."""
+        for i, layer in enumerate(self.K):
+            if layer >= num_layers:
+                raise ConfigError(
+                    f"K[{i}]: got {layer}, expected a layer index below the model's {num_layers} layers"
+                )
+
+    @property
+    def rho(self) -> float:
+        return keep_fraction(self.ratio)
+
+    def keep_counts(self, n_image: int, grid: int) -> list[int]:
+        """Image tokens kept after each stage in static mode (exact), from ``n_image``."""
+        counts, n = [], n_image
+        for stage in self.stages:
+            n = static_keep(stage.rule, n, grid, self.stride, self.rho)
+            counts.append(n)
+        return counts
+
+    def to_dict(self) -> dict:
+        return {
+            "criterion": self.criterion,
+            "K": list(self.K),
+            "ratio": self.ratio,
+            "stride": self.stride,
+            "mode": self.mode,
+        }
+
+
+def static_keep(rule: str, n: int, grid: int, stride: int, rho: float) -> int:
+    """How many image tokens a stage keeps from ``n`` in static mode (exact count)."""
+    if rule in ("topk_rope", "topk_norope", "knn"):
+        return floor_count(n, rho)
+    if rule == "topk_norope2":
+        return floor_count(n, rho * rho)
+    if rule == "uniform":
+        return grid_count(grid, stride)
+    if rule == "ensemble":
+        g = grid_count(grid, stride)
+        return min(n, g + floor_count(n, rho))
+    if rule == "drop_all":
+        return 0
+    raise ConfigError(f"rule: got {rule!r}, expected a known stage rule")
+
+
+def _check_number(name: str, value: object, kind: type) -> None:
+    ok = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(f"{name}: got {value!r}, expected {'a number' if kind is float else 'an integer'}")

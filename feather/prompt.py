@@ -1,0 +1,35 @@
+"""The prompt template a LLaVA checkpoint expects (torch-free)."""
+
+from __future__ import annotations
+
+from feather.errors import InputError
+
+LLAVA_1_5_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+"""LLaVA-1.5's conversation format, used when the processor carries no chat template."""
+
+_SENTINEL = "\x00FEATHER_PROMPT\x00"
+
+
+def template_from_processor(processor) -> str:
+    """The checkpoint's prompt template with a literal ``{prompt}`` slot: its chat template
+    rendered once around a sentinel, or LLaVA-1.5's when it has none."""
+    chat = getattr(processor, "chat_template", None)
+    if not chat:
+        return LLAVA_1_5_TEMPLATE
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _SENTINEL}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return text.replace(_SENTINEL, "{prompt}")
+
+
+def render(template: str, prompt: str, image_token: str = "<image>") -> str:
+    """Fill ``template`` with the user's question (str.replace: braces in prompts are text).
+
+    Raises ``InputError`` for an empty prompt or one that brings its own image token (the
+    model takes exactly one image, and the template already places it)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt: empty; expected a question about the image")
+    if image_token in prompt:
+        raise InputError(
+            f"prompt: contains {image_token!r}; the template already places the one image this model takes"
+        )
+    return template.replace("{prompt}", prompt)

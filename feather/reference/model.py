@@ -1,0 +1,102 @@
+"""Loading a HF LLaVA checkpoint and reading the geometry FEATHER needs from it."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from feather.errors import ModelError
+
+DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
+TEXT_BACKBONES = ("llama", "mistral", "qwen2")
+"""Text models whose decoder layers share Llama's shape (RMSNorm, q/k/v/o, rotate-half RoPE,
+gated MLP); Qwen2 adds q/k/v biases, which its own projections carry."""
+
+
+def resolve(model: str) -> str:
+    """``tiny`` -> the tiny checkpoint's folder (built on first use); anything else as given."""
+    if model == "tiny":
+        from feather import tiny
+
+        return str(tiny.build())
+    return model
+
+
+def load_config(model: str):
+    """The checkpoint's ``LlavaConfig``, or a one-line ``ModelError`` saying why not."""
+    from transformers import AutoConfig
+
+    path = resolve(model)
+    looks_local = os.path.sep in model or model.startswith(".") or os.path.exists(model)
+    if looks_local and not os.path.isdir(path):
+        raise ModelError(f"{model}: no such checkpoint folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"{model}: cannot load the checkpoint ({first}); offline, use --model tiny or a local folder"
+        ) from None
+    _check_supported(model, config)
+    return config
+
+
+def _check_supported(model: str, config) -> None:
+    if config.model_type != "llava":
+        raise ModelError(
+            f"{model}: model_type {config.model_type!r} is not LLaVA; expected a LlavaForConditionalGeneration checkpoint"
+        )
+    text_type = config.text_config.model_type
+    if text_type not in TEXT_BACKBONES:
+        raise ModelError(f"{model}: text model {text_type!r} is not supported; expected one of {TEXT_BACKBONES}")
+    if config.vision_feature_select_strategy != "default":
+        raise ModelError(
+            f"{model}: vision_feature_select_strategy {config.vision_feature_select_strategy!r}; "
+            "expected 'default' (image tokens on a square patch grid)"
+        )
+    if not isinstance(config.vision_feature_layer, int):
+        raise ModelError(f"{model}: vision_feature_layer {config.vision_feature_layer!r}; expected one layer index")
+
+
+def load(model: str, dtype=None):
+    """``(LlavaForConditionalGeneration, processor)`` through transformers' ``from_pretrained``."""
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    load_config(model)
+    path = resolve(model)
+    net = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32).eval()
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{model}: cannot load its processor ({str(err).splitlines()[0]})") from None
+    return net, processor
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The numbers the method, the export and the manifest need."""
+
+    num_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    intermediate: int
+    n_image: int
+    grid: int
+    vision_hidden: int
+
+    @classmethod
+    def of(cls, config) -> "Geometry":
+        t, v = config.text_config, config.vision_config
+        patches = (v.image_size // v.patch_size) ** 2
+        grid = math.isqrt(patches)
+        head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+        return cls(
+            num_layers=t.num_hidden_layers, hidden=t.hidden_size, heads=t.num_attention_heads,
+            kv_heads=t.num_key_value_heads, head_dim=head_dim, vocab=t.vocab_size,
+            intermediate=t.intermediate_size, n_image=patches, grid=grid, vision_hidden=v.hidden_size,
+        )
