@@ -50,9 +50,20 @@ def sampling(args: argparse.Namespace) -> Sampling:
     return Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
 
 
+def _quiet_transformers() -> None:
+    """CLIs show our own progress only: no transformers advisories or weight-loading bars
+    (set before transformers is imported; a user's explicit setting wins)."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def run(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv) -> int:
     """Parse ``argv`` and run ``body``; a ``FeatherError`` becomes one line and exit 1."""
     args = parser.parse_args(argv)
+    _quiet_transformers()
     try:
         return body(args)
     except FeatherError as err:
