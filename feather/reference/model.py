@@ -28,7 +28,7 @@ def load_config(model: str):
     from transformers import AutoConfig
 
     path = resolve(model)
-    looks_local = os.path.sep in model or model.startswith(".") or os.path.exists(model)
+    looks_local = model.startswith((".", "/", "~")) or os.path.exists(model)  # HF ids are "org/name"
     if looks_local and not os.path.isdir(path):
         raise ModelError(f"{model}: no such checkpoint folder")
     try:

@@ -1,0 +1,46 @@
+"""feather-export: a LLaVA checkpoint -> segmented ONNX graphs with FEATHER built in."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from feather import cli
+from feather.reference.model import DEFAULT_MODEL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feather-export",
+        description="Export a HF LLaVA checkpoint with FEATHER pruning into a chain of ONNX graphs "
+        "whose token count shrinks from segment to segment.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="HF id (from the local cache), local folder, or 'tiny' (default: %(default)s)")
+    parser.add_argument("--output", "-o", default="feather-export", help="output folder (default: %(default)s)")
+    cli.add_prune_args(parser)
+    parser.add_argument("--precision", default="fp32", help="fp32 or fp16 (default: %(default)s)")
+    parser.add_argument("--max-seq", type=int, default=2048, help="longest prompt + answer (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    return parser
+
+
+def _body(args: argparse.Namespace) -> int:
+    from feather.export.api import export
+
+    start = time.perf_counter()
+    out = export(model=args.model, config=cli.prune_config(args), output=args.output, precision=args.precision,
+                 max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        print(f"exported {args.model} -> {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
