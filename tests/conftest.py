@@ -42,3 +42,45 @@ def sample_image():
     from feather.tiny import sample_image as make
 
     return make()
+
+
+def _export(tmp_path_factory, name: str, model: str, **prune):
+    from feather.config import PruneConfig
+    from feather.export import export
+
+    out = tmp_path_factory.mktemp("exports") / name
+    return export(model=model, config=PruneConfig(**prune), output=out, max_seq=1024, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def export_feather(tiny_path, tmp_path_factory):
+    """The tiny checkpoint exported with the defaults (FEATHER, K = 8 16, R = 0.7, s = 3, static)."""
+    return _export(tmp_path_factory, "feather", "tiny")
+
+
+@pytest.fixture(scope="session")
+def export_none(tiny_path, tmp_path_factory):
+    """The unpruned chain (--criterion none): one decoder segment."""
+    return _export(tmp_path_factory, "none", "tiny", criterion="none")
+
+
+@pytest.fixture(scope="session")
+def export_k8(tiny_path, tmp_path_factory):
+    """One stage: FEATHER's first stage (ensemble) at K = 8."""
+    return _export(tmp_path_factory, "k8", "tiny", K=(8,))
+
+
+@pytest.fixture(scope="session")
+def export_original(tiny_path, tmp_path_factory):
+    """FastV: RoPE score at K = 3."""
+    return _export(tmp_path_factory, "original", "tiny", criterion="original", K=(3,))
+
+
+@pytest.fixture(scope="session")
+def export_qwen_none(qwen_path, tmp_path_factory):
+    return _export(tmp_path_factory, "qwen-none", str(qwen_path), criterion="none")
+
+
+@pytest.fixture(scope="session")
+def export_qwen_feather(qwen_path, tmp_path_factory):
+    return _export(tmp_path_factory, "qwen-feather", str(qwen_path), K=(4, 12))
