@@ -1,0 +1,63 @@
+"""The runtime on a device without the export stack: the base install only (no extras).
+
+CI builds that venv once (.ci/run sets FEATHER_RUNTIME_PYTHON); run locally without it,
+this test builds it itself with ``pip install .`` (about a minute).
+
+Subprocesses run outside the repository, as on a device: from the repo root, the source
+folder ``feather/`` would shadow the installed package.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from feather.config import PruneConfig
+from feather.reference import Reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def runtime_python(tmp_path_factory) -> Path:
+    given = os.environ.get("FEATHER_RUNTIME_PYTHON")
+    if given:
+        return Path(given)
+    env = tmp_path_factory.mktemp("runtime-venv")
+    venv.create(env, with_pip=True)
+    python = env / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True)
+    return python
+
+
+def test_base_install_has_neither_torch_nor_transformers(runtime_python):
+    code = ("import importlib.util as u, sys, feather.runtime, feather.runtime.cli;"
+            "print(u.find_spec('torch') is None, u.find_spec('transformers') is None,"
+            " 'torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([str(runtime_python), "-c", code], capture_output=True, text=True, check=True,
+                         cwd=runtime_python.parent).stdout
+    assert out.split() == ["True", "True", "False", "False"]
+
+
+def test_feather_run_without_torch_gives_the_reference_tokens(runtime_python, export_feather, tiny_path, sample_image):
+    cli = runtime_python.parent / "feather-run"
+    proc = subprocess.run([str(cli), str(export_feather), "--max-new-tokens", "12", "--json"],
+                          capture_output=True, text=True, cwd=runtime_python.parent)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    from feather.cli import DEFAULT_PROMPT, SAMPLE_IMAGE
+
+    ref = Reference.load(str(tiny_path), PruneConfig()).generate(SAMPLE_IMAGE, DEFAULT_PROMPT, 12)
+    assert out["tokens"] == ref.tokens and out["stages"] == ref.stages
+
+
+def test_check_without_the_export_extra_says_what_to_install(runtime_python, export_feather):
+    cli = runtime_python.parent / "feather-run"
+    proc = subprocess.run([str(cli), str(export_feather), "--check"], capture_output=True, text=True,
+                          cwd=runtime_python.parent)
+    assert proc.returncode == 1 and "pip install 'feather-vlm[export]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,120 @@
+"""The chain in ONNX Runtime against transformers' generate and the PyTorch reference."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from feather.config import PruneConfig
+from feather.reference import Reference
+from feather.runtime import Pipeline
+from feather.runtime.check import compare
+
+PROMPT = "What is in the image?"
+N = 16
+
+
+def hf_tokens(path, image, prompt=PROMPT, n=N):
+    ref = Reference.load(str(path), PruneConfig(criterion="none"))
+    ids, pixels = ref.inputs(image, prompt)
+    out = ref.model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=n, do_sample=False)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_unpruned_chain_equals_hf_generate_on_tiny(export_none, tiny_path, sample_image):
+    result = Pipeline.load(export_none).generate(sample_image, PROMPT, max_new_tokens=N)
+    assert result.stages == [] and len(set(result.tokens)) >= 5
+    assert result.tokens == hf_tokens(tiny_path, sample_image)
+
+
+def test_unpruned_chain_equals_hf_generate_on_qwen2(export_qwen_none, qwen_path, sample_image):
+    result = Pipeline.load(export_qwen_none).generate(sample_image, PROMPT, max_new_tokens=N)
+    assert result.tokens == hf_tokens(qwen_path, sample_image)
+
+
+@pytest.mark.parametrize(
+    "fixture, config, counts",
+    [
+        ("export_feather", PruneConfig(), [236, 21]),
+        ("export_k8", PruneConfig(K=(8,)), [236]),
+        ("export_original", PruneConfig(criterion="original", K=(3,)), [172]),
+    ],
+)
+def test_pruned_chain_equals_the_reference(request, tiny_path, sample_image, fixture, config, counts):
+    chain = Pipeline.load(request.getfixturevalue(fixture)).generate(sample_image, PROMPT, max_new_tokens=N)
+    ref = Reference.load(str(tiny_path), config).generate(sample_image, PROMPT, max_new_tokens=N)
+    assert [len(s["kept"]) for s in chain.stages] == counts
+    assert [s["layer"] for s in chain.stages] == list(config.K)
+    assert chain.stages == ref.stages
+    assert chain.tokens == ref.tokens
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(chain.logits, ref.logits)]
+    assert len(diffs) == N and max(diffs) < 1e-3
+    assert compare(chain, ref, 1e-3).ok
+
+
+def test_pruned_qwen_chain_equals_the_reference(export_qwen_feather, qwen_path, sample_image):
+    chain = Pipeline.load(export_qwen_feather).generate(sample_image, PROMPT, max_new_tokens=N)
+    ref = Reference.load(str(qwen_path), PruneConfig(K=(4, 12))).generate(sample_image, PROMPT, max_new_tokens=N)
+    assert [len(s["kept"]) for s in chain.stages] == [83, 7]
+    assert chain.stages == ref.stages and chain.tokens == ref.tokens
+
+
+def test_pruning_changes_the_answer(export_feather, export_none, sample_image):
+    pruned = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=N).tokens
+    full = Pipeline.load(export_none).generate(sample_image, PROMPT, max_new_tokens=N).tokens
+    assert pruned != full
+
+
+def test_kv_caches_hold_what_each_segment_kept(export_feather, sample_image):
+    pipe = Pipeline.load(export_feather)
+    ids, offset = pipe.encoder.encode(PROMPT)
+    _, run = pipe.prefill(sample_image, ids, offset)
+    text = len(ids) - 576
+    lengths = [kv["present.%d.key" % layer].shape[2] for kv, layer in zip(run.kv, (0, 8, 16))]
+    assert lengths == [text + 576, text + 236, text + 21]
+    pipe.decode_step(5, run)
+    assert run.kv[2]["present.16.key"].shape[2] == text + 22 and run.next_pos == len(ids) + 1
+    d = pipe.manifest.dims
+    expect = 2 * d.kv_heads * d.head_dim * 4 * 8 * ((text + 577) + (text + 237) + (text + 22))
+    assert sum(a.nbytes for kv in run.kv for a in kv.values()) == expect
+
+
+def test_one_pipeline_serves_many_calls_and_threads(export_feather, sample_image):
+    pipe = Pipeline.load(export_feather)
+    images = [sample_image, np.asarray(sample_image)[::-1].copy(), np.zeros((240, 320, 3), np.uint8)]
+    serial = [pipe.generate(img, PROMPT, max_new_tokens=8).tokens for img in images]
+    assert serial[0] != serial[1]
+    results: dict[int, list[int]] = {}
+
+    def work(i: int) -> None:
+        results[i] = pipe.generate(images[i % 3], PROMPT, max_new_tokens=8).tokens
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(6)] == serial + serial
+
+
+def test_stream_joins_to_the_answer(export_feather, sample_image):
+    pipe = Pipeline.load(export_feather)
+    pieces = list(pipe.stream(sample_image, PROMPT, max_new_tokens=N))
+    assert len(pieces) > 1 and "".join(pieces) == pipe.generate(sample_image, PROMPT, max_new_tokens=N).text
+
+
+def test_seeded_sampling_matches_the_reference(export_none, tiny_path, sample_image):
+    from feather.sampling import Sampling
+
+    s = Sampling(temperature=0.8, top_p=0.9, seed=3)
+    chain = Pipeline.load(export_none).generate(sample_image, PROMPT, 12, s).tokens
+    ref = Reference.load(str(tiny_path), PruneConfig(criterion="none")).generate(sample_image, PROMPT, 12, s).tokens
+    assert chain == ref
+
+
+def test_timings_are_reported(export_feather, sample_image):
+    t = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=6).timings
+    assert len(t["segments_s"]) == 3 and t["llm_prefill_s"] == pytest.approx(sum(t["segments_s"]))
+    assert 0 < t["vision_s"] < t["ttft_s"] and t["decode_tokens_per_s"] > 0
