@@ -64,6 +64,7 @@ class Pipeline:
         self.config = PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=p.ratio, stride=p.stride, mode=p.mode)
         self.stage_at: dict[int, Stage] = {s.layer: s for s in self.config.stages}
         self.eos = set(manifest.tokens.eos)
+        self.dtype = np.float16 if manifest.precision == "fp16" else np.float32  # the graphs' float type
         self._kv_bytes = 0
 
     @classmethod
@@ -158,7 +159,7 @@ class Pipeline:
         """Vision, embeddings and every segment with pruning between them. -> logits [V], state."""
         timings: dict = {}
         t = time.perf_counter()
-        pixels = pixel_values(load_image(image), self.manifest.image)  # [1, 3, H, W]
+        pixels = pixel_values(load_image(image), self.manifest.image).astype(self.dtype)  # [1, 3, H, W]
         feats = self.vision.run({"pixel_values": pixels})["image_features"][0]  # [N, d]
         timings["vision_s"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -118,3 +118,19 @@ def test_timings_are_reported(export_feather, sample_image):
     t = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=6).timings
     assert len(t["segments_s"]) == 3 and t["llm_prefill_s"] == pytest.approx(sum(t["segments_s"]))
     assert 0 < t["vision_s"] < t["ttft_s"] and t["decode_tokens_per_s"] > 0
+
+
+def test_fp16_export_runs_close_to_fp32(tiny_path, export_feather, tmp_path, sample_image):
+    """fp16 graphs pass per-graph validation at export; end to end on the tiny RANDOM model
+    the first step's logits stay close to fp32 (seen here: max abs diff 0.026 on logits of
+    scale ~7). Later greedy tokens can diverge: with "What is in this image?" the first
+    step already differed by 0.16 and --check fails, so fp16 parity is not claimed."""
+    from feather.export import export
+
+    out = export(model="tiny", config=PruneConfig(), output=tmp_path / "fp16", precision="fp16", quiet=True)
+    pipe16 = Pipeline.load(out)
+    assert pipe16.manifest.precision == "fp16" and pipe16.manifest.tolerance.logits_abs == 5e-2
+    a = pipe16.generate(sample_image, PROMPT, max_new_tokens=1).logits[0].astype(np.float64)
+    b = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=1).logits[0].astype(np.float64)
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert cosine > 0.999 and np.abs(a - b).max() < 0.1 and np.argmax(a) == np.argmax(b)
