@@ -11,8 +11,18 @@ from feather.export.chain import SegmentPlan
 from feather.export.preprocessing import image_spec_from_processor, prompt_spec_from_processor
 from feather.export.segments import KV_NAMES
 from feather.manifest import (
-    SCHEMA_VERSION, AxisRange, Dims, GraphSpec, KVNames, Manifest, PruningSpec, Source, StageSpec, TokenSpec,
-    Tolerance, save_manifest,
+    SCHEMA_VERSION,
+    AxisRange,
+    Dims,
+    GraphSpec,
+    KVNames,
+    Manifest,
+    PruningSpec,
+    Source,
+    StageSpec,
+    TokenSpec,
+    Tolerance,
+    save_manifest,
 )
 
 TOKENIZER_FILE = "tokenizer.json"

@@ -11,7 +11,7 @@ class Steps:
     def __init__(self, total: int, quiet: bool):
         self.total, self.quiet, self._progress, self._task = total, quiet, None, None
 
-    def __enter__(self) -> "Steps":
+    def __enter__(self) -> Steps:
         if not self.quiet:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

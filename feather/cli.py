@@ -22,7 +22,8 @@ DEFAULT_PROMPT = "What is in this image?"
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
     """--criterion --K --ratio --stride --mode, defaulting to the paper's FEATHER run."""
     g = parser.add_argument_group("pruning (defaults: the paper's FEATHER run)")
-    g.add_argument("--criterion", default="feather", help=f"one of {', '.join(sorted(CRITERIA))} (default: %(default)s)")
+    g.add_argument("--criterion", default="feather",
+                   help=f"one of {', '.join(sorted(CRITERIA))} (default: %(default)s)")
     g.add_argument("--K", type=int, nargs="+", default=[8, 16], metavar="K",
                    help="pruning layers, ascending (default: 8 16)")
     g.add_argument("--ratio", type=float, default=0.7, help="fraction of image tokens pruned, R (default: 0.7)")

@@ -14,107 +14,18 @@ import hashlib
 import json
 import os
 import tempfile
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from feather.config import MODES
 from feather.errors import ManifestError
+from feather.jsoncodec import MANIFEST_NAME, fail, from_json, join_path, to_json
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "feather.json"
 PRECISIONS = ("fp32", "fp16")
 _CHUNK = 1 << 20  # sha256 reads 1 MiB at a time
 _TMP_PREFIX, _TMP_SUFFIX = f".{MANIFEST_NAME}.", ".tmp"
-
-_KINDS = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "object"}
-
-
-def _fail(path: str, message: str) -> typing.NoReturn:
-    where = f"{path}: " if path else ""
-    raise ManifestError(f"{MANIFEST_NAME}: {where}{message}")
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def from_json(cls: type, obj: Any, path: str = "") -> Any:
-    """Decode the JSON value ``obj`` as type ``cls`` (usually a dataclass), strictly.
-
-    Supports int (a bool is not an int), float (an int is accepted), str, bool,
-    ``X | None``, ``list[T]``, ``dict[str, T]`` and nested dataclasses whose fields may
-    have defaults. Unknown keys, missing keys and wrong types raise ``ManifestError``
-    naming the JSON path (``path`` is the prefix for ``obj`` itself).
-    """
-    if dataclasses.is_dataclass(cls):
-        return _decode_dataclass(cls, obj, path)
-    origin, args = typing.get_origin(cls), typing.get_args(cls)
-    if origin in (typing.Union, types.UnionType):
-        return _decode_optional(args, obj, path)
-    if origin is list:
-        if type(obj) is not list:
-            _fail(path, f"expected list, got {_kind(obj)}")
-        return [from_json(args[0], v, f"{path}[{i}]") for i, v in enumerate(obj)]
-    if origin is dict and args[0] is str:
-        if type(obj) is not dict:
-            _fail(path, f"expected object, got {_kind(obj)}")
-        return {k: from_json(args[1], v, _join(path, k)) for k, v in obj.items()}
-    if cls in (int, float, str, bool):
-        return _decode_scalar(cls, obj, path)
-    raise TypeError(f"from_json: unsupported type {cls!r} at {path or '<root>'}")
-
-
-def _decode_scalar(cls: type, obj: Any, path: str) -> Any:
-    if cls is float and type(obj) is int:
-        return float(obj)
-    if type(obj) is not cls:  # exact: True is not an int, 1 is not a bool
-        _fail(path, f"expected {_KINDS[cls]}, got {_kind(obj)}")
-    return obj
-
-
-def _decode_optional(args: tuple, obj: Any, path: str) -> Any:
-    inner = [a for a in args if a is not type(None)]
-    if len(inner) != 1 or len(args) != 2:
-        raise TypeError(f"from_json: only `X | None` unions are supported, got {args!r}")
-    return None if obj is None else from_json(inner[0], obj, path)
-
-
-def _decode_dataclass(cls: type, obj: Any, path: str) -> Any:
-    if type(obj) is not dict:
-        _fail(path, f"expected object, got {_kind(obj)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in obj:
-        if key not in fields:
-            _fail(_join(path, key), "unknown key")
-    hints, kwargs = typing.get_type_hints(cls), {}
-    for name, f in fields.items():
-        if name in obj:
-            kwargs[name] = from_json(hints[name], obj[name], _join(path, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            _fail(_join(path, name), "missing")
-    return cls(**kwargs)
-
-
-def to_json(obj: Any) -> Any:
-    """Encode a dataclass (or list / dict / scalar of them) as plain JSON values.
-
-    Every field is written, ``None`` as ``null``, in declaration order.
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_json(v) for k, v in obj.items()}
-    return obj
-
 
 @dataclass
 class Source:
@@ -290,7 +201,7 @@ class Manifest:
             _check_graph(path, graph)
         _check_name("tokenizer", self.tokenizer)
         for name in self.files:
-            _check_name(_join("files", name), name)
+            _check_name(join_path("files", name), name)
 
     def graphs_with_paths(self) -> list[tuple[str, GraphSpec]]:
         """Every graph in run order with its JSON path: vision, embed, segments[i]."""
@@ -313,47 +224,47 @@ class Manifest:
 
 def _check_version(version: int) -> None:
     if version > SCHEMA_VERSION:
-        _fail(
+        fail(
             "schema_version",
             f"{version} is newer than this feather-vlm reads ({SCHEMA_VERSION}); upgrade feather-vlm",
         )
     if version != SCHEMA_VERSION:
-        _fail("schema_version", f"{version} is not a valid version (this feather-vlm reads {SCHEMA_VERSION})")
+        fail("schema_version", f"{version} is not a valid version (this feather-vlm reads {SCHEMA_VERSION})")
 
 
 def _check_choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        _fail(path, f"{value!r} is not one of {', '.join(allowed)}")
+        fail(path, f"{value!r} is not one of {', '.join(allowed)}")
 
 
 def _check_len(path: str, values: list, n: int, what: str) -> None:
     if len(values) != n:
-        _fail(path, f"expected {what}, got {len(values)} values")
+        fail(path, f"expected {what}, got {len(values)} values")
 
 
 def _check_prompt(prompt: PromptSpec) -> None:
     for needle in ("{prompt}", prompt.image_token):
         if not needle or needle not in prompt.template:
-            _fail("prompt.template", f"must contain {needle!r}")
+            fail("prompt.template", f"must contain {needle!r}")
 
 
 def _check_segments(segments: list[GraphSpec], num_layers: int) -> None:
     if not segments:
-        _fail("segments", "must list at least one segment")
+        fail("segments", "must list at least one segment")
     start = 0
     for i, seg in enumerate(segments):
         path = f"segments[{i}].layers"
         if seg.layers is None:
-            _fail(path, "missing (every segment needs its [start, end) layer range)")
+            fail(path, "missing (every segment needs its [start, end) layer range)")
         _check_len(path, seg.layers, 2, "[start, end]")
         lo, hi = seg.layers
         if lo != start:
-            _fail(path, f"starts at {lo}, expected {start} (segments must cover the layers contiguously)")
+            fail(path, f"starts at {lo}, expected {start} (segments must cover the layers contiguously)")
         if hi <= lo:
-            _fail(path, f"[{lo}, {hi}) holds no layer")
+            fail(path, f"[{lo}, {hi}) holds no layer")
         start = hi
     if start != num_layers:
-        _fail(
+        fail(
             f"segments[{len(segments) - 1}].layers",
             f"ends at {start}, expected dims.num_layers = {num_layers}",
         )
@@ -367,7 +278,7 @@ def _check_graph(path: str, graph: GraphSpec) -> None:
         for f in dataclasses.fields(KVNames):
             template = getattr(graph.kv, f.name)
             if template.count("%d") != 1 or template.count("%") != 1:
-                _fail(f"{path}.kv.{f.name}", f"{template!r} must contain exactly one %d (the layer index)")
+                fail(f"{path}.kv.{f.name}", f"{template!r} must contain exactly one %d (the layer index)")
 
 
 _BAD_NAME = "is not a plain relative name inside the export folder (no '..', no absolute path)"
@@ -381,7 +292,7 @@ def _plain_name(name: str) -> bool:
 
 def _check_name(path: str, name: str) -> None:
     if not _plain_name(name):
-        _fail(path, f"{name!r} {_BAD_NAME}")
+        fail(path, f"{name!r} {_BAD_NAME}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -88,7 +88,10 @@ def build(path: str | os.PathLike | None = None, overwrite: bool = False) -> Pat
     return the folder. Skips the work when a complete build is already there."""
     import torch
     from transformers import (
-        CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast,
+        CLIPImageProcessor,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
     )
 
     out = Path(path) if path is not None else default_cache_dir()

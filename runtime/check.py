@@ -32,8 +32,10 @@ class Report:
         worst = max(self.max_abs_diff, default=0.0)
         return [
             f"tokens: {self.tokens_agree}/{self.tokens_total} agree",
-            "kept indices per stage: " + (", ".join("equal" if k else "DIFFER" for k in self.kept_agree) or "no stages"),
-            f"logits: max abs diff {worst:.3g} (tolerance {self.tolerance:g}), min cosine {min(self.cosine, default=1.0):.6f}",
+            "kept indices per stage: "
+            + (", ".join("equal" if k else "DIFFER" for k in self.kept_agree) or "no stages"),
+            f"logits: max abs diff {worst:.3g} (tolerance {self.tolerance:g}), "
+            f"min cosine {min(self.cosine, default=1.0):.6f}",
             "per step max abs diff: " + " ".join(f"{d:.2g}" for d in self.max_abs_diff),
             "check: " + ("PASS" if self.ok else "FAIL"),
         ]
@@ -44,7 +46,9 @@ def reference_result(pipe: Pipeline, image, prompt: str, max_new_tokens: int, mo
     try:
         from feather.reference import Reference
     except ImportError as err:
-        raise BackendError(f"--check needs the export extra ({err.name} missing): pip install 'feather-vlm[export]'") from None
+        raise BackendError(
+            f"--check needs the export extra ({err.name} missing): pip install 'feather-vlm[export]'"
+        ) from None
     ref = Reference.load(model or pipe.manifest.source.model, pipe.config)
     return ref.generate(image, prompt, max_new_tokens)
 

@@ -69,7 +69,7 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: str | Path, provider: str = "cpu", verify: bool = True,
-             threads: int | None = None) -> "Pipeline":
+             threads: int | None = None) -> Pipeline:
         """Read ``folder/feather.json`` (checking every file's sha256 unless ``verify`` is
         False) and open one session per graph. ``provider``: cpu, cuda or tensorrt."""
         folder = Path(folder)

@@ -9,8 +9,13 @@ from pathlib import Path
 def build_qwen_llava(out: Path) -> Path:
     import torch
     from transformers import (
-        CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
-        PreTrainedTokenizerFast, Qwen2Config,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
     )
 
     from feather.tiny import build_tokenizer

@@ -57,7 +57,7 @@ class Reference:
         )
 
     @classmethod
-    def load(cls, model: str, config: PruneConfig, dtype=None) -> "Reference":
+    def load(cls, model: str, config: PruneConfig, dtype=None) -> Reference:
         net, processor = model_mod.load(model, dtype)
         return cls(net, processor, config)
 

@@ -45,7 +45,8 @@ def load_config(model: str):
 def _check_supported(model: str, config) -> None:
     if config.model_type != "llava":
         raise ModelError(
-            f"{model}: model_type {config.model_type!r} is not LLaVA; expected a LlavaForConditionalGeneration checkpoint"
+            f"{model}: model_type {config.model_type!r} is not LLaVA; "
+            "expected a LlavaForConditionalGeneration checkpoint"
         )
     text_type = config.text_config.model_type
     if text_type not in TEXT_BACKBONES:
@@ -90,7 +91,7 @@ class Geometry:
     vision_hidden: int
 
     @classmethod
-    def of(cls, config) -> "Geometry":
+    def of(cls, config) -> Geometry:
         t, v = config.text_config, config.vision_config
         patches = (v.image_size // v.patch_size) ** 2
         grid = math.isqrt(patches)

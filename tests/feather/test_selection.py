@@ -6,7 +6,12 @@ import torch
 
 from feather.config import PruneConfig
 from feather.selection import (
-    attention_scores, knn_scores, select_stage, sequence_keep_index, topk, uniform_grid,
+    attention_scores,
+    knn_scores,
+    select_stage,
+    sequence_keep_index,
+    topk,
+    uniform_grid,
 )
 
 
@@ -62,7 +67,7 @@ def _stage(config, i=0):
 
 def test_feather_static_is_a_superset_of_paper_mode_and_has_exact_counts():
     rng = np.random.default_rng(3)
-    for trial in range(20):
+    for _ in range(20):
         logits = rng.normal(size=(8, 576)) * 3
         static, paper = PruneConfig(mode="static"), PruneConfig(mode="paper")
         cur = np.arange(576)

@@ -10,7 +10,6 @@ folder ``feather/`` would shadow the installed package.
 import json
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
