@@ -9,6 +9,7 @@ freed, so peak memory is the model plus about twice its largest graph.
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +45,7 @@ def export(
     geom = model_mod.Geometry.of(llava.config)
     config.check_layers(geom.num_layers)
     plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid)
+    created = _make_parents(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _write_graphs(llava, geom, plans, tmp, precision, opset, quiet)
@@ -54,7 +56,17 @@ def export(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+            for folder in reversed(created):  # leave no empty parents behind either
+                folder.rmdir()
     return out
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p ``folder``; return the folders it created, outermost first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    for p in missing:
+        p.mkdir()
+    return missing
 
 
 def _check_output(out: Path, overwrite: bool) -> Path:
@@ -63,8 +75,9 @@ def _check_output(out: Path, overwrite: bool) -> Path:
         raise OutputError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"{out}: folder is not empty; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: no such folder")
+    parent = next(p for p in out.parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"{parent}: not a writable folder")
     return out
 
 
