@@ -43,6 +43,18 @@ class OrtSession:
         except Exception as err:
             raise BackendError(f"{self.name}: inference failed ({_first_line(err)})") from None
 
+    def run_values(self, feeds: dict) -> dict:
+        """Like ``run`` but inputs may be ``OrtValue``s and every output stays an ``OrtValue``:
+        KV caches pass from one step to the next without a copy into numpy."""
+        import onnxruntime as ort
+
+        as_value = ort.OrtValue.ortvalue_from_numpy
+        values = {k: v if isinstance(v, ort.OrtValue) else as_value(v) for k, v in feeds.items()}
+        try:
+            return dict(zip(self.outputs, self.session.run_with_ort_values(self.outputs, values)))
+        except Exception as err:
+            raise BackendError(f"{self.name}: inference failed ({_first_line(err)})") from None
+
 
 def _providers(provider: str, trt: dict | None) -> list:
     import onnxruntime as ort

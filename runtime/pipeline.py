@@ -100,7 +100,7 @@ class Pipeline:
             logits = self.decode_step(token, run)
             steps.append(logits)
         self._finish_timings(run.timings, t_decode, len(tokens))
-        self._kv_bytes = sum(a.nbytes for kv in run.kv for a in kv.values())
+        self._kv_bytes = kv_bytes(run.kv)
         return Result(tokens, self.encoder.decode(tokens), run.stages, run.timings, steps)
 
     def stream(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling()) -> Iterator[str]:
@@ -185,9 +185,10 @@ class Pipeline:
                 current = current[keep_local]
                 run.stages.append({"layer": stage.layer, "kept": current.tolist()})
             pos = pos[keep]
-            out = session.run(self._feeds(spec, hidden, keep, pos, None))
+            out = session.run_values(self._feeds(spec, hidden, keep, pos, None))
             run.kv.append(_presents(spec, out))
-            hidden, score = out[spec.outputs.get("hidden", "logits")], out.get("score")
+            hidden = out[spec.outputs.get("hidden", "logits")].numpy()
+            score = out["score"].numpy() if "score" in out else None
             seg_times.append(time.perf_counter() - t)
         run.timings["segments_s"] = seg_times
         run.timings["llm_prefill_s"] = sum(seg_times)
@@ -198,16 +199,16 @@ class Pipeline:
         hidden = self.embed.run({"input_ids": np.array([[token]], dtype=np.int64)})["embeds"]  # [1, 1, d]
         keep, pos = np.zeros(1, dtype=np.int64), np.array([run.next_pos], dtype=np.int64)
         for i, (spec, session) in enumerate(zip(self.manifest.segments, self.segments)):
-            out = session.run(self._feeds(spec, hidden, keep, pos, run.kv[i]))
+            out = session.run_values(self._feeds(spec, hidden, keep, pos, run.kv[i]))
             run.kv[i] = _presents(spec, out)
-            hidden = out[spec.outputs.get("hidden", "logits")]
+            hidden = out[spec.outputs.get("hidden", "logits")]  # stays an OrtValue between segments
         run.next_pos += 1
-        return hidden[0]  # [V]
+        return hidden.numpy()[0]  # [V]
 
-    def _feeds(self, spec: GraphSpec, hidden, keep, pos, kv: dict | None) -> dict[str, np.ndarray]:
+    def _feeds(self, spec: GraphSpec, hidden, keep, pos, kv: dict | None) -> dict:
         feeds = {"hidden": hidden, "keep_index": keep, "position_ids": pos[None]}
         d = self.manifest.dims
-        empty = np.zeros((1, d.kv_heads, 0, d.head_dim), dtype=hidden.dtype)
+        empty = np.zeros((1, d.kv_heads, 0, d.head_dim), dtype=self.dtype)
         for layer in range(*spec.layers):
             for past, present in ((spec.kv.past_key, spec.kv.present_key), (spec.kv.past_value, spec.kv.present_value)):
                 feeds[past % layer] = empty if kv is None else kv[present % layer]
@@ -224,7 +225,19 @@ class Pipeline:
         return self._kv_bytes
 
 
-def _presents(spec: GraphSpec, out: dict) -> dict[str, np.ndarray]:
+_ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2}
+
+
+def kv_bytes(kv: list[dict]) -> int:
+    """Bytes held by per-segment KV caches (``OrtValue``s or numpy arrays)."""
+    total = 0
+    for cache in kv:
+        for v in cache.values():
+            total += v.nbytes if isinstance(v, np.ndarray) else int(np.prod(v.shape())) * _ITEMSIZE[v.data_type()]
+    return total
+
+
+def _presents(spec: GraphSpec, out: dict) -> dict:
     return {k: v for k, v in out.items() if k.startswith(spec.kv.present_key.split("%")[0])}
 
 
