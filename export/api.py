@@ -42,7 +42,7 @@ def export(
     _check_options(precision, max_seq, opset)
     dtype = torch.float32 if precision == "fp32" else torch.float16
     llava, processor = model_mod.load(model, dtype)
-    geom = model_mod.Geometry.of(llava.config)
+    geom = model_mod.geometry(llava.config)
     config.check_layers(geom.num_layers)
     plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid)
     created = _make_parents(out.parent)
@@ -104,16 +104,27 @@ def _write_graphs(llava, geom, plans: list[SegmentPlan], folder: Path, precision
             module, trace, cases = make()
             path = folder / name
             steps.step(f"export {name}")
-            onnx_io.export_module(module, trace, path, opset)
+            _export_one(module, trace, path, opset)
             onnx_io.check_graph(path)
             steps.step(f"validate {name}")
             failures += validate.compare(module, path, cases, precision)
-            if onnx_io.weight_bytes(module) >= onnx_io.EXTERNAL_DATA_BYTES:
-                onnx_io.externalize(path)
             del module, trace, cases
             gc.collect()
             steps.done()
     validate.raise_failures(failures)
+
+
+def _export_one(module, trace: tuple, path: Path, opset: int) -> None:
+    """Trace into a work folder of its own (the tracer may scatter external-data files
+    there), then write the one final graph beside the others and drop the work folder."""
+    work = path.parent / f".work-{path.stem}"
+    work.mkdir()
+    try:
+        onnx_io.export_module(module, trace, work / path.name, opset)
+        large = onnx_io.weight_bytes(module) >= onnx_io.EXTERNAL_DATA_BYTES
+        onnx_io.finalize(work / path.name, path, module.dynamic_axes, onnx_io.output_shapes(module, trace), large)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _vision_job(llava, dtype):

@@ -28,10 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(args: argparse.Namespace) -> int:
+    config = cli.prune_config(args)  # fail on bad options before importing torch (~1 s)
     from feather.export.api import export
 
     start = time.perf_counter()
-    out = export(model=args.model, config=cli.prune_config(args), output=args.output, precision=args.precision,
+    out = export(model=args.model, config=config, output=args.output, precision=args.precision,
                  max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         print(f"exported {args.model} -> {out} in {time.perf_counter() - start:.1f} s")

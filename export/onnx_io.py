@@ -7,7 +7,6 @@ second per graph (the dynamo exporter took ~30x longer on the same module here).
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -71,11 +70,34 @@ def weight_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def externalize(path: Path) -> None:
-    """Move the weights of ``path`` into ``<name>.data`` beside it (graphs over 2 GB)."""
+def output_shapes(module, args: tuple) -> dict[str, tuple[int, ...]]:
+    """The concrete output shapes of ``module`` on ``args`` (the traced example)."""
+    import torch
+
+    with torch.no_grad():
+        outs = module(*args)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return {name: tuple(t.shape) for name, t in zip(module.output_names, outs)}
+
+
+def finalize(work: Path, final: Path, dynamic_axes: dict, shapes: dict[str, tuple[int, ...]], external: bool) -> None:
+    """Re-save the traced graph ``work`` as ``final``: output dims that are not dynamic get
+    their fixed size (the tracer names them ``Addhidden_out_dim_0``), dynamic ones their axis
+    name; weights go into one ``final.data`` file when ``external`` (graphs over 2 GB, where
+    the tracer itself scatters one file per tensor beside ``work``)."""
     import onnx
 
-    model = onnx.load(str(path))
-    os.remove(path)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    model = onnx.load(str(work))  # also reads any external data the tracer wrote beside it
+    for out in model.graph.output:
+        dyn = dynamic_axes.get(out.name, {})
+        for i, dim in enumerate(out.type.tensor_type.shape.dim):
+            dim.Clear()
+            if i in dyn:
+                dim.dim_param = dyn[i]
+            else:
+                dim.dim_value = shapes[out.name][i]
+    if external:
+        onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=final.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(final))

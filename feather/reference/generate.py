@@ -49,7 +49,7 @@ class Reference:
     def __init__(self, model, processor, config: PruneConfig):
         self.model, self.processor, self.config = model, processor, config
         self.lm = model.model.language_model
-        self.geom = model_mod.Geometry.of(model.config)
+        self.geom = model_mod.geometry(model.config)
         config.check_layers(self.geom.num_layers)
         self.template = prompt_mod.template_from_processor(processor)
         self._cache_kw = "cache" if "cache" in inspect.signature(self.lm.layers[0].forward).parameters else (

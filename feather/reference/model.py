@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 from feather.errors import ModelError
+from feather.manifest import Dims
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 TEXT_BACKBONES = ("llama", "mistral", "qwen2")
@@ -75,29 +75,13 @@ def load(model: str, dtype=None):
     return net, processor
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """The numbers the method, the export and the manifest need."""
-
-    num_layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    intermediate: int
-    n_image: int
-    grid: int
-    vision_hidden: int
-
-    @classmethod
-    def of(cls, config) -> Geometry:
-        t, v = config.text_config, config.vision_config
-        patches = (v.image_size // v.patch_size) ** 2
-        grid = math.isqrt(patches)
-        head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-        return cls(
-            num_layers=t.num_hidden_layers, hidden=t.hidden_size, heads=t.num_attention_heads,
-            kv_heads=t.num_key_value_heads, head_dim=head_dim, vocab=t.vocab_size,
-            intermediate=t.intermediate_size, n_image=patches, grid=grid, vision_hidden=v.hidden_size,
-        )
+def geometry(config) -> Dims:
+    """The numbers the method, the export and the manifest need, as the manifest's ``Dims``."""
+    t, v = config.text_config, config.vision_config
+    patches = (v.image_size // v.patch_size) ** 2
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    return Dims(
+        num_layers=t.num_hidden_layers, hidden=t.hidden_size, heads=t.num_attention_heads,
+        kv_heads=t.num_key_value_heads, head_dim=head_dim, vocab=t.vocab_size,
+        intermediate=t.intermediate_size, n_image=patches, grid=math.isqrt(patches), vision_hidden=v.hidden_size,
+    )
