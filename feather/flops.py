@@ -120,10 +120,11 @@ class Geometry:
 
     @classmethod
     def llava_1_5_7b(cls) -> Geometry:
-        """LLaVA-1.5-7B: Llama-2-7B decoder, CLIP ViT-L/14 at 336 px (577 tokens)."""
+        """LLaVA-1.5-7B: Llama-2-7B decoder, CLIP ViT-L/14 at 336 px (577 tokens). CLIP has 24
+        layers, but LLaVA reads layer -2, so 23 run (the exported vision graph drops the last)."""
         return cls(
             layers=32, hidden=4096, ffn=11008, heads=32, kv_heads=32, head_dim=128, vocab=32064,
-            vision_layers=24, vision_hidden=1024, vision_ffn=4096, n_patches=577,
+            vision_layers=23, vision_hidden=1024, vision_ffn=4096, n_patches=577,
             projector_in=1024, projector_out=4096,
         )  # fmt: skip
 
