@@ -1,0 +1,132 @@
+"""The OpenVINO peer row, run by path with a Python that has optimum-intel (a venv of its
+own: optimum-intel pins transformers < 5.6 and must not share the project's venv).
+
+    python openvino_row.py SPEC OUT     SPEC["phase"]: "export" or "time"
+
+Stand-alone on purpose (no feather imports): that venv has optimum-intel, not feather.
+
+* export: copy the checkpoint with the vision tower's weights renamed to the layout of the
+  hub's llava-hf checkpoints (``vision_tower.vision_model.*``; transformers >= 5.6 saves
+  ``vision_tower.*``, which transformers 5.5 would silently re-initialize), then
+  ``OVModelForVisualCausalLM.from_pretrained(export=True)`` and ``save_pretrained``.
+* time: load the IR (fp32 inference precision, so it is compared with the fp32 chain),
+  warm up once, then per repeat ``generate`` with ``max_new_tokens=1`` (TTFT) and
+  ``1 + new_tokens`` (decode = difference), exactly as the torch eager row does. The
+  vision and LLM-prefill times come from wrapping the two sub-models' ``forward`` on the
+  instance (timing only). KV bytes: the language model's state tensors after generate.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def export(spec: dict) -> dict:
+    from optimum.intel import OVModelForVisualCausalLM
+    from safetensors.torch import load_file, save_file
+
+    src, work = Path(spec["model"]), Path(spec["work"])
+    legacy = work / "ov-source"
+    shutil.copytree(src, legacy, dirs_exist_ok=True)
+    weights = load_file(str(src / "model.safetensors"))
+    renamed = {legacy_key(k): v for k, v in weights.items()}
+    save_file(renamed, str(legacy / "model.safetensors"), metadata={"format": "pt"})
+    model = OVModelForVisualCausalLM.from_pretrained(str(legacy), export=True, load_in_8bit=False)
+    model.save_pretrained(spec["ir"])
+    shutil.rmtree(legacy)
+    return {"renamed": sum(k != legacy_key(k) for k in weights)}
+
+
+def legacy_key(key: str) -> str:
+    prefix = "vision_tower."
+    if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
+        return prefix + "vision_model." + key[len(prefix):]
+    return key
+
+
+class _Timer:
+    """Wraps one sub-model's ``forward`` (instance attribute) and records each call's time."""
+
+    def __init__(self, part):
+        self.calls: list[float] = []
+        inner = part.forward
+
+        def forward(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.calls.append(time.perf_counter() - t0)
+            return out
+
+        part.forward = forward
+
+
+def _load(spec: dict):
+    from optimum.intel import OVModelForVisualCausalLM
+    from transformers import AutoProcessor
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(spec["threads"]),
+              "PERFORMANCE_HINT": "LATENCY"}
+    model = OVModelForVisualCausalLM.from_pretrained(spec["ir"], ov_config=config)
+    return model, AutoProcessor.from_pretrained(spec["model"])
+
+
+def time_rows(spec: dict) -> dict:
+    import torch
+    from PIL import Image
+
+    model, processor = _load(spec)
+    vision, llm = _Timer(model.vision_embeddings), _Timer(model.language_model)
+    text = spec["prompt_text"]
+    image = Image.open(spec["image"]).convert("RGB")
+
+    def once(n: int):
+        vision.calls.clear(), llm.calls.clear()
+        t0 = time.perf_counter()
+        enc = processor(images=image, text=text, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False)
+        return time.perf_counter() - t0, out[0, enc["input_ids"].shape[1]:].tolist(), enc["input_ids"].shape[1]
+
+    samples: dict[str, list] = {}
+    for i in range(spec["repeats"] + 1):
+        ttft, _, seq_len = once(1)
+        times = {"vision_s": vision.calls[0], "llm_prefill_s": llm.calls[0], "ttft_s": ttft}
+        total, tokens, _ = once(1 + spec["new_tokens"])
+        times.update(decode_s=total - ttft, decode_tokens_per_s=(len(tokens) - 1) / (total - ttft))
+        for key, value in times.items():
+            if i:
+                samples.setdefault(key, []).append(value)
+    states = model.language_model.request.query_state()
+    kv = sum(s.state.data.nbytes for s in states if "beam" not in s.name)
+    return {"samples": samples, "kv_cache_bytes": int(kv), "seq_len": seq_len, "kept": [], "tokens": tokens}
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM of this process (see feather.bench.rows.peak_rss_bytes for why not ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec_path, out_path = (argv if argv is not None else sys.argv[1:])[:2]
+    spec = json.loads(Path(spec_path).read_text())
+    result = export(spec) if spec["phase"] == "export" else time_rows(spec)
+    result["peak_rss_bytes"] = _peak_rss_bytes()
+    result["torch_loaded"] = "torch" in sys.modules
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""feather-bench: the whole run on the tiny checkpoint (in-process ``main``), and the pieces
+that need no run: the benchmark geometry, the summaries, the OpenVINO key renaming."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from feather.bench import checkpoint, run
+from feather.bench.openvino_row import legacy_key
+
+TIMES = ("vision_s", "llm_prefill_s", "ttft_s", "decode_s", "decode_tokens_per_s")
+RATIOS = ("llm_prefill_speedup", "flops_predicted_speedup", "ttft_vs_torch_eager", "decode_speedup")
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_path, tmp_path_factory):
+    """One quick run on the tiny geometry. ``--threads 1``: on a shared 2-core machine two
+    spinning OpenMP / ONNX Runtime threads per process can be slowed many times over by
+    other load, and this test must stay well under a minute."""
+    from feather.bench.cli import main
+
+    if not run.runtime_ready():
+        pytest.skip("feather.runtime.Pipeline is not importable yet: the chain rows need the runtime")
+    out = tmp_path_factory.mktemp("bench")
+    js, png = out / "bench.json", out / "bench.png"
+    code = main(["--geometry", "tiny", "--quick", "--repeats", "1", "--threads", "1", "--quiet",
+                 "--json", str(js), "--plot", str(png)])
+    assert code == 0
+    return json.loads(js.read_text()), png
+
+
+def test_rows_have_positive_finite_numbers(bench_run):
+    report, _ = bench_run
+    assert [r["id"] for r in report["rows"]] == list("abcde")
+    for row in report["rows"]:
+        for key in (*TIMES, "peak_rss_bytes", "kv_cache_bytes", "flops_llm_speedup", "flops_prefill_speedup"):
+            assert _positive(row[key]), (row["id"], key, row[key])
+        assert row["new_tokens"] == 8  # --quick: 8 decoded tokens after the first
+        assert len(row["samples"]["ttft_s"]) == 1  # --repeats 1
+
+
+def test_ratios_and_targets_present(bench_run):
+    report, _ = bench_run
+    for key in RATIOS:
+        assert _positive(report["ratios"][key]), key
+    rows = {r["id"]: r for r in report["rows"]}
+    r = report["ratios"]
+    assert r["llm_prefill_speedup"] == pytest.approx(rows["c"]["llm_prefill_s"] / rows["d"]["llm_prefill_s"])
+    assert r["ttft_vs_torch_eager"] == pytest.approx(rows["d"]["ttft_s"] / rows["a"]["ttft_s"])
+    assert set(report["targets"]) == {"llm_prefill_vs_flops", "ttft_vs_torch_eager", "decode_speedup",
+                                      "kv_bytes_match_kept_counts"}
+    assert report["geometry"]["n_image"] == 576 and report["geometry"]["layers"] == 24
+    assert report["geometry"]["vision_layers"] == 3  # tiny CLIP: 4 layers, LLaVA reads layer -2
+    assert report["machine"]["nproc"] >= 1 and report["settings"]["threads"] == 1
+
+
+def test_pruned_rows_keep_the_planned_counts_and_kv(bench_run):
+    report, _ = bench_run
+    rows = {r["id"]: r for r in report["rows"]}
+    assert rows["b"]["kept"] == rows["d"]["kept"] == [236, 21]  # static FEATHER: 172 + 64 grid, then 9 %
+    assert rows["e"]["kept"] == [144]  # FastV R = 0.75: floor(576 * 0.25)
+    for row in rows.values():  # KV bytes: exactly what the kept counts predict
+        assert row["kv_cache_bytes"] == row["kv_cache_bytes_predicted"], row["id"]
+    assert rows["d"]["kv_cache_bytes"] < rows["c"]["kv_cache_bytes"]
+    assert rows["d"]["flops_llm_speedup"] > 1.5 and rows["c"]["flops_llm_speedup"] == 1.0
+
+
+def test_rows_run_isolated_and_agree(bench_run):
+    report, _ = bench_run
+    rows = {r["id"]: r for r in report["rows"]}
+    assert rows["a"]["torch_loaded"] and rows["b"]["torch_loaded"]
+    assert not any(rows[k]["torch_loaded"] for k in "cde")  # chain children never import torch
+    # peak RSS is each child's own (VmHWM), not the parent's carried over: no torch, less memory
+    assert max(rows[k]["peak_rss_bytes"] for k in "cde") < min(rows[k]["peak_rss_bytes"] for k in "ab")
+    assert all(report["checks"].values()), report["checks"]  # same greedy tokens and kept indices
+
+
+def test_plot_is_a_png(bench_run):
+    _, png = bench_run
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+
+
+def test_bench_geometry_keeps_llava_proportions():
+    config = checkpoint.build_config(vocab_size=512, image_token_id=4, pad_id=3)
+    t, v = config.text_config, config.vision_config
+    assert (v.image_size // v.patch_size) ** 2 == 576
+    assert t.num_hidden_layers == 32 and t.head_dim == 128
+    assert t.num_key_value_heads == t.num_attention_heads  # Llama-2-7B: no GQA
+    assert t.intermediate_size / t.hidden_size == pytest.approx(11008 / 4096)
+    assert v.hidden_size / t.hidden_size == pytest.approx(1024 / 4096)
+    assert v.num_hidden_layers == 24 and v.intermediate_size == 4 * v.hidden_size
+
+
+def test_bench_prompt_is_about_40_text_tokens():
+    from feather import tiny
+    from feather.prompt import LLAVA_1_5_TEMPLATE, render
+
+    ids = tiny.build_tokenizer().encode(render(LLAVA_1_5_TEMPLATE, checkpoint.PROMPT)).ids
+    assert 36 <= len(ids) - 1 <= 44  # minus the one <image> placeholder
+
+
+def test_openvino_copy_uses_the_hub_layout_for_the_vision_tower():
+    assert legacy_key("vision_tower.encoder.layers.0.mlp.fc1.weight") == (
+        "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
+    )
+    done = "vision_tower.vision_model.post_layernorm.bias"
+    assert legacy_key(done) == done
+    assert legacy_key("language_model.model.layers.0.mlp.up_proj.weight") == (
+        "language_model.model.layers.0.mlp.up_proj.weight"
+    )
+
+
+def test_bad_repeats_is_a_user_error(capsys):
+    from feather.bench.cli import main
+
+    assert main(["--geometry", "tiny", "--repeats", "-1"]) == 1
+    assert "repeats=-1" in capsys.readouterr().err
+
+
+def test_missing_openvino_python_is_reported_not_fatal(tmp_path):
+    from feather.bench import openvino
+
+    why = openvino.available(str(tmp_path / "no-such-python"))
+    assert why is not None and "no-such-python" in why
