@@ -28,6 +28,10 @@ class OrtSession:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # The chain runs its sessions one after another; a session's pool must not keep
+        # spinning once its run ends, or it fights the next segment's pool for the cores
+        # (profiled: the FEATHER chain decoded at 0.43x the unpruned one on 2 cores).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         providers = _providers(provider, trt)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
