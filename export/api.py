@@ -33,18 +33,23 @@ def export(
     opset: int = 17,
     overwrite: bool = False,
     quiet: bool = False,
+    max_graph_layers: int | None = None,
 ) -> Path:
-    """Export ``model`` with ``config`` into ``output``; return the folder."""
+    """Export ``model`` with ``config`` into ``output``; return the folder.
+
+    ``max_graph_layers`` caps the decoder layers per graph (extra cuts, no pruning there):
+    peak export memory is about the model plus 3.5x its largest graph, so a 7B export on
+    a machine with twice the weights in RAM wants 8 (see docs/architecture.md)."""
     import torch
 
     config = config or PruneConfig()
     out = _check_output(Path(output), overwrite)
-    _check_options(precision, max_seq, opset)
+    _check_options(precision, max_seq, opset, max_graph_layers)
     dtype = torch.float32 if precision == "fp32" else torch.float16
     llava, processor = model_mod.load(model, dtype)
     geom = model_mod.geometry(llava.config)
     config.check_layers(geom.num_layers)
-    plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid)
+    plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid, max_graph_layers)
     created = _make_parents(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -81,7 +86,10 @@ def _check_output(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _check_options(precision: str, max_seq: int, opset: int) -> None:
+def _check_options(precision: str, max_seq: int, opset: int, max_graph_layers: int | None) -> None:
+    if max_graph_layers is not None and (isinstance(max_graph_layers, bool) or not isinstance(max_graph_layers, int)
+                                         or max_graph_layers < 1):
+        raise ConfigError(f"max_graph_layers: got {max_graph_layers!r}, expected an integer >= 1")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}")
     if isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 16:

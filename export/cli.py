@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", help="fp32 or fp16 (default: %(default)s)")
     parser.add_argument("--max-seq", type=int, default=2048, help="longest prompt + answer (default: %(default)s)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--max-graph-layers", type=int, default=None, metavar="N",
+                        help="at most N decoder layers per graph (bounds export memory; 8 for 7B)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return parser
@@ -33,7 +35,8 @@ def _body(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = export(model=args.model, config=config, output=args.output, precision=args.precision,
-                 max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet)
+                 max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet,
+                 max_graph_layers=args.max_graph_layers)
     if not args.quiet:
         print(f"exported {args.model} -> {out} in {time.perf_counter() - start:.1f} s")
     return 0
