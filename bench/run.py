@@ -52,15 +52,6 @@ ROWS = (
 )
 
 
-def runtime_ready() -> bool:
-    """Whether ``feather.runtime.Pipeline`` exists (checked when the chain rows start)."""
-    try:
-        import feather.runtime as rt
-    except ImportError:
-        return False
-    return hasattr(rt, "Pipeline")
-
-
 def benchmark(geometry: str = "bench", repeats: int = 5, new_tokens: int = 32, threads: int | None = None,
               openvino_python: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Run every row and return ``{"rows", "ratios", "targets", "checks", "peer", "geometry",
@@ -107,8 +98,6 @@ def _image() -> Path:
 def _measure(spec: RowSpec, common: dict, work: Path, log) -> dict:
     job = {**common, "kind": spec.kind, "prune": spec.prune}
     if spec.kind == "chain":
-        if not runtime_ready():
-            raise BenchError("feather.runtime.Pipeline is not importable: the chain rows need the runtime")
         job["export"] = str(_export(common["model"], spec.prune, work, log))
     log(f"row {spec.id}: {spec.name}")
     result = run_child([sys.executable, "-m", "feather.bench.rows"], job, work, spec.id)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from feather.bench import checkpoint, run
+from feather.bench import checkpoint
 from feather.bench.openvino_row import legacy_key
 
 TIMES = ("vision_s", "llm_prefill_s", "ttft_s", "decode_s", "decode_tokens_per_s")
@@ -26,8 +26,6 @@ def bench_run(tiny_path, tmp_path_factory):
     other load, and this test must stay well under a minute."""
     from feather.bench.cli import main
 
-    if not run.runtime_ready():
-        pytest.skip("feather.runtime.Pipeline is not importable yet: the chain rows need the runtime")
     out = tmp_path_factory.mktemp("bench")
     js, png = out / "bench.json", out / "bench.png"
     code = main(["--geometry", "tiny", "--quick", "--repeats", "1", "--threads", "1", "--quiet",
