@@ -12,14 +12,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import transformers
 from PIL import Image
 
 from feather.errors import InputError, ManifestError, ModelError
 from feather.export.preprocessing import image_spec_from_processor, prompt_spec_from_processor, resample_name
 from feather.runtime.preprocess import PromptEncoder, load_image, pixel_values
 from feather.tiny import sample_image
-
-transformers = pytest.importorskip("transformers")
 
 N_IMAGE = 576  # (336 / 14) ** 2 patches; the CLS token is dropped by the "default" strategy
 ATOL = 1e-5
