@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-SAMPLE_KEYS = ("vision_s", "llm_prefill_s", "ttft_s", "decode_s", "decode_tokens_per_s")
-
 
 def _image(spec: dict):
     from PIL import Image

@@ -88,5 +88,4 @@ def _segment(plan: SegmentPlan, geom, max_seq: int) -> GraphSpec:
         layers=[plan.start, plan.end],
         kv=KVNames(**KV_NAMES),
         n_image_in=plan.n_image_in,
-        n_image_out=plan.n_image_in,
     )

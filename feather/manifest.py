@@ -141,8 +141,7 @@ class GraphSpec:
     axes: dict[str, AxisRange] = field(default_factory=dict)
     layers: list[int] | None = None
     kv: KVNames | None = None
-    n_image_in: int | None = None
-    n_image_out: int | None = None
+    n_image_in: int | None = None  # image tokens the segment holds after its gather (static mode)
 
 
 @dataclass

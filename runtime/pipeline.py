@@ -64,6 +64,11 @@ class Pipeline:
         self.config = PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=p.ratio, stride=p.stride, mode=p.mode)
         self.stage_at: dict[int, Stage] = {s.layer: s for s in self.config.stages}
         self.eos = set(manifest.tokens.eos)
+        # (past input, present output) names per segment, formatted once, not per step
+        self.kv_names = [[(t_past % layer, t_present % layer) for layer in range(*spec.layers)
+                          for t_past, t_present in ((spec.kv.past_key, spec.kv.present_key),
+                                                    (spec.kv.past_value, spec.kv.present_value))]
+                         for spec in manifest.segments]
         self.dtype = np.float16 if manifest.precision == "fp16" else np.float32  # the graphs' float type
         self._kv_bytes = 0
 
@@ -174,7 +179,7 @@ class Pipeline:
         pos = np.arange(hidden.shape[1], dtype=np.int64)  # original positions, kept through pruning
         current = np.arange(len(feats))  # original indices of the live image tokens
         score, seg_times = None, []
-        for spec, session in zip(self.manifest.segments, self.segments):
+        for i, (spec, session) in enumerate(zip(self.manifest.segments, self.segments)):
             t = time.perf_counter()
             keep = np.arange(hidden.shape[1], dtype=np.int64)
             stage = self.stage_at.get(spec.layers[0])
@@ -185,8 +190,8 @@ class Pipeline:
                 current = current[keep_local]
                 run.stages.append({"layer": stage.layer, "kept": current.tolist()})
             pos = pos[keep]
-            out = session.run_values(self._feeds(spec, hidden, keep, pos, None))
-            run.kv.append(_presents(spec, out))
+            out = session.run_values(self._feeds(i, hidden, keep, pos, None))
+            run.kv.append({present: out[present] for _, present in self.kv_names[i]})
             hidden = out[spec.outputs.get("hidden", "logits")].numpy()
             score = out["score"].numpy() if "score" in out else None
             seg_times.append(time.perf_counter() - t)
@@ -199,19 +204,21 @@ class Pipeline:
         hidden = self.embed.run({"input_ids": np.array([[token]], dtype=np.int64)})["embeds"]  # [1, 1, d]
         keep, pos = np.zeros(1, dtype=np.int64), np.array([run.next_pos], dtype=np.int64)
         for i, (spec, session) in enumerate(zip(self.manifest.segments, self.segments)):
-            out = session.run_values(self._feeds(spec, hidden, keep, pos, run.kv[i]))
-            run.kv[i] = _presents(spec, out)
+            out = session.run_values(self._feeds(i, hidden, keep, pos, run.kv[i]))
+            run.kv[i] = {present: out[present] for _, present in self.kv_names[i]}
             hidden = out[spec.outputs.get("hidden", "logits")]  # stays an OrtValue between segments
         run.next_pos += 1
         return hidden.numpy()[0]  # [V]
 
-    def _feeds(self, spec: GraphSpec, hidden, keep, pos, kv: dict | None) -> dict:
+    def _feeds(self, i: int, hidden, keep, pos, kv: dict | None) -> dict:
+        """Inputs of segment ``i``: its past KV from ``kv``, or empty pasts for the prefill."""
         feeds = {"hidden": hidden, "keep_index": keep, "position_ids": pos[None]}
-        d = self.manifest.dims
-        empty = np.zeros((1, d.kv_heads, 0, d.head_dim), dtype=self.dtype)
-        for layer in range(*spec.layers):
-            for past, present in ((spec.kv.past_key, spec.kv.present_key), (spec.kv.past_value, spec.kv.present_value)):
-                feeds[past % layer] = empty if kv is None else kv[present % layer]
+        if kv is None:
+            d = self.manifest.dims
+            empty = np.zeros((1, d.kv_heads, 0, d.head_dim), dtype=self.dtype)
+            feeds.update((past, empty) for past, _ in self.kv_names[i])
+        else:
+            feeds.update((past, kv[present]) for past, present in self.kv_names[i])
         return feeds
 
     @staticmethod
@@ -235,10 +242,6 @@ def kv_bytes(kv: list[dict]) -> int:
         for v in cache.values():
             total += v.nbytes if isinstance(v, np.ndarray) else int(np.prod(v.shape())) * _ITEMSIZE[v.data_type()]
     return total
-
-
-def _presents(spec: GraphSpec, out: dict) -> dict:
-    return {k: v for k, v in out.items() if k.startswith(spec.kv.present_key.split("%")[0])}
 
 
 def _session(folder: Path, manifest: Manifest, graph: GraphSpec, provider: str, threads) -> OrtSession:

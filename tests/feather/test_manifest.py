@@ -37,7 +37,7 @@ KV = KVNames("past.%d.key", "past.%d.value", "present.%d.key", "present.%d.value
 SEQ = {"seq": AxisRange(1, 512, 2048)}
 
 
-def make_segment(start: int, end: int, n_in: int, n_out: int) -> GraphSpec:
+def make_segment(start: int, end: int, n_in: int) -> GraphSpec:
     return GraphSpec(
         file=f"segment_{start:02d}_{end:02d}.onnx",
         inputs={"hidden": "hidden_in", "position_ids": "position_ids"},
@@ -46,7 +46,6 @@ def make_segment(start: int, end: int, n_in: int, n_out: int) -> GraphSpec:
         layers=[start, end],
         kv=KV,
         n_image_in=n_in,
-        n_image_out=n_out,
     )
 
 
@@ -106,7 +105,7 @@ def make_manifest() -> Manifest:
             outputs={"embeds": "inputs_embeds"},
             axes=dict(SEQ),
         ),
-        segments=[make_segment(0, 8, 576, 144), make_segment(8, 16, 144, 36), make_segment(16, 24, 36, 36)],
+        segments=[make_segment(0, 8, 576), make_segment(8, 16, 144), make_segment(16, 24, 36)],
         precision="fp16",
         opset=17,
         max_seq=2048,
