@@ -19,7 +19,7 @@ from feather.errors import ConfigError, OutputError
 from feather.export import manifest_build, onnx_io, validate
 from feather.export.chain import SegmentPlan, plan_segments
 from feather.export.progress import Steps
-from feather.reference import model as model_mod
+from feather.hf import checkpoint as model_mod
 
 PRECISIONS = ("fp32", "fp16")
 

@@ -14,7 +14,7 @@ from feather.errors import ConfigError, ManifestError, ModelError
 from feather.export import api, validate
 from feather.export.chain import SegmentPlan
 from feather.manifest import GraphSpec, Manifest, load_manifest
-from feather.reference import model as model_mod
+from feather.hf import checkpoint as model_mod
 
 
 def validate_folder(folder: str | Path, model: str | None = None,

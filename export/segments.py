@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from feather.reference.ops import apply_rope, repeat_kv, score_logits, split_heads
+from feather.hf.layers import apply_rope, repeat_kv, score_logits, split_heads
 
 KV_NAMES = {"past_key": "past.%d.key", "past_value": "past.%d.value",
             "present_key": "present.%d.key", "present_value": "present.%d.value"}

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from feather import cli
-from feather.reference.model import DEFAULT_MODEL
+from feather.hf.checkpoint import DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:

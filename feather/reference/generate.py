@@ -18,8 +18,8 @@ import torch
 from feather import prompt as prompt_mod
 from feather.config import PruneConfig
 from feather.errors import InputError
-from feather.reference import model as model_mod
-from feather.reference.ops import causal_mask, score_logits
+from feather.hf import checkpoint as model_mod
+from feather.hf.layers import causal_mask, score_logits
 from feather.sampling import Sampling, next_token
 from feather.selection import select_stage, sequence_keep_index
 
