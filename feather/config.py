@@ -8,12 +8,19 @@ given and what is allowed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from feather import rules as rules_mod
 from feather.errors import ConfigError
+from feather.rules import MODES, Params, Rule
+from feather.selection import floor_count, grid_count
 
-MODES = ("static", "paper")
+__all__ = ["CRITERIA", "MODES", "Criterion", "PruneConfig", "Stage", "floor_count", "grid_count", "keep_fraction"]
+
+
+def keep_fraction(ratio: float) -> float:
+    """rho = 1 - R, the fraction of image tokens a top-k stage keeps."""
+    return 1.0 - ratio
 
 
 @dataclass(frozen=True)
@@ -26,14 +33,7 @@ class Criterion:
     doc: str = ""
 
 
-# Stage rules (see feather.selection for what each does):
-#   topk_rope    top floor(n * rho) by the RoPE attention score (FastV)
-#   topk_norope  the same with the RoPE-free score (phi_R)
-#   uniform      grid tokens on rows / cols 0, s, 2s, ...
-#   knn          top floor(n * rho) by DPC-KNN density * delta over vision features
-#   ensemble     norope top-k united with the grid (static: grid + top-k of the rest)
-#   topk_norope2 FEATHER's stage 2: top floor(n * rho^2) by the RoPE-free score
-#   drop_all     keep no image token (text-only baseline)
+# Each criterion is a list of stage rules; ``feather.rules`` owns what each rule does.
 CRITERIA: dict[str, Criterion] = {
     "none": Criterion((), False, doc="no pruning (the baseline every benchmark compares with)"),
     "original": Criterion(("topk_rope",), True, doc="FastV: top-k by the RoPE attention score"),
@@ -47,10 +47,6 @@ CRITERIA: dict[str, Criterion] = {
     "text_only": Criterion(("drop_all",), False, fixed_k=(0,), doc="drop every image token before the LLM"),
 }
 
-SCORE_RULES = {"topk_rope": True, "topk_norope": False, "ensemble": False, "topk_norope2": False}
-"""Rules that rank by an attention score, mapped to whether that score applies RoPE."""
-
-
 @dataclass(frozen=True)
 class Stage:
     """One pruning stage: before decoder layer ``layer``, apply ``rule``."""
@@ -59,27 +55,17 @@ class Stage:
     rule: str
 
     @property
+    def impl(self) -> Rule:
+        """The ``feather.rules`` object that owns this stage's rule."""
+        return rules_mod.get(self.rule)
+
+    @property
     def needs_score(self) -> bool:
-        return self.rule in SCORE_RULES
+        return self.impl.needs_score
 
     @property
     def rope(self) -> bool:
-        return SCORE_RULES.get(self.rule, False)
-
-
-def keep_fraction(ratio: float) -> float:
-    """rho = 1 - R, the fraction of image tokens a top-k stage keeps."""
-    return 1.0 - ratio
-
-
-def floor_count(n: int, fraction: float) -> int:
-    """floor(n * fraction), robust to float error (0.3 * 10 must give 3, not 2)."""
-    return int(math.floor(n * fraction + 1e-9))
-
-
-def grid_count(grid: int, stride: int) -> int:
-    """Tokens on the uniform grid: ceil(G / s)^2."""
-    return math.ceil(grid / stride) ** 2
+        return self.impl.rope
 
 
 @dataclass(frozen=True)
@@ -148,13 +134,14 @@ class PruneConfig:
     def rho(self) -> float:
         return keep_fraction(self.ratio)
 
+    @property
+    def params(self) -> Params:
+        """What the stage rules read: rho, stride, mode."""
+        return Params(rho=self.rho, stride=self.stride, mode=self.mode)
+
     def keep_counts(self, n_image: int, grid: int) -> list[int]:
         """Image tokens kept after each stage in static mode (exact), from ``n_image``."""
-        counts, n = [], n_image
-        for stage in self.stages:
-            n = static_keep(stage.rule, n, grid, self.stride, self.rho)
-            counts.append(n)
-        return counts
+        return rules_mod.keep_counts([s.rule for s in self.stages], n_image, grid, self.params)
 
     def to_dict(self) -> dict:
         return {
@@ -164,22 +151,6 @@ class PruneConfig:
             "stride": self.stride,
             "mode": self.mode,
         }
-
-
-def static_keep(rule: str, n: int, grid: int, stride: int, rho: float) -> int:
-    """How many image tokens a stage keeps from ``n`` in static mode (exact count)."""
-    if rule in ("topk_rope", "topk_norope", "knn"):
-        return floor_count(n, rho)
-    if rule == "topk_norope2":
-        return floor_count(n, rho * rho)
-    if rule == "uniform":
-        return grid_count(grid, stride)
-    if rule == "ensemble":
-        g = grid_count(grid, stride)
-        return min(n, g + floor_count(n, rho))
-    if rule == "drop_all":
-        return 0
-    raise ConfigError(f"rule: got {rule!r}, expected a known stage rule")
 
 
 def _check_number(name: str, value: object, kind: type) -> None:

@@ -1,7 +1,7 @@
 """Which image tokens each stage keeps: the selection math, in numpy.
 
-Torch-free on purpose: the PyTorch reference and the runtime (ONNX Runtime, TensorRT)
-both call these functions, so kept indices can differ between them only through the
+Torch-free on purpose: the stage rules (``feather.rules``), hence the PyTorch reference and
+the runtime (ONNX Runtime, TensorRT), all call these functions, so kept indices can differ between them only through the
 scores they feed in. Indices are either *original* (0..N-1 over the full image grid,
 ascending) or *local* (positions into the current, already-pruned token list).
 
@@ -12,12 +12,21 @@ their original order).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from feather.config import PruneConfig, Stage, floor_count
-from feather.errors import ConfigError, InputError
-
 KNN_NEIGHBOURS = 5
+
+
+def floor_count(n: int, fraction: float) -> int:
+    """floor(n * fraction), robust to float error (0.3 * 10 must give 3, not 2)."""
+    return int(math.floor(n * fraction + 1e-9))
+
+
+def grid_count(grid: int, stride: int) -> int:
+    """Tokens on the uniform grid: ceil(G / s)^2."""
+    return math.ceil(grid / stride) ** 2
 
 
 def uniform_grid(grid: int, stride: int) -> np.ndarray:
@@ -66,57 +75,6 @@ def knn_scores(features: np.ndarray, k: int = KNN_NEIGHBOURS) -> np.ndarray:
 def grid_positions(current: np.ndarray, grid: int, stride: int) -> np.ndarray:
     """Local positions, within ``current`` (original indices), of the grid tokens it holds."""
     return np.flatnonzero(np.isin(current, uniform_grid(grid, stride))).astype(np.int64)
-
-
-def select_stage(
-    stage: Stage,
-    config: PruneConfig,
-    current: np.ndarray,
-    grid: int,
-    logits: np.ndarray | None = None,
-    features: np.ndarray | None = None,
-) -> np.ndarray:
-    """Local positions (ascending) that ``stage`` keeps out of the ``current`` image tokens.
-
-    ``current``: original indices of the image tokens alive before this stage, ``[n]``.
-    ``logits``: score logits ``[H, n]`` over those tokens, for attention rules.
-    ``features``: vision features ``[N, C]`` of ALL original image tokens, for ``knn``.
-    """
-    n, rho = len(current), config.rho
-    rule = stage.rule
-    if stage.needs_score:
-        if logits is None or np.shape(logits)[-1] != n:
-            got = None if logits is None else np.shape(logits)
-            raise InputError(f"stage at layer {stage.layer}: expected score logits [H, {n}], got {got}")
-        scores = attention_scores(logits)
-    if rule == "topk_rope" or rule == "topk_norope":
-        return topk(scores, floor_count(n, rho))
-    if rule == "topk_norope2":
-        return topk(scores, floor_count(n, rho * rho))
-    if rule == "uniform":
-        return grid_positions(current, grid, config.stride)
-    if rule == "knn":
-        if features is None:
-            raise InputError(f"stage at layer {stage.layer}: criterion knn needs the vision features")
-        return topk(knn_scores(np.asarray(features)[current]), floor_count(n, rho))
-    if rule == "ensemble":
-        return _ensemble(scores, current, grid, config)
-    if rule == "drop_all":
-        return np.zeros(0, dtype=np.int64)
-    raise ConfigError(f"rule: got {rule!r}, expected a known stage rule")
-
-
-def _ensemble(scores: np.ndarray, current: np.ndarray, grid: int, config: PruneConfig) -> np.ndarray:
-    """phi_R united with the grid. Paper mode: top floor(n rho) over every token, united
-    with the grid (variable size). Static mode: the grid plus the top floor(n rho) of the
-    non-grid tokens (always grid + floor(n rho); a superset of the paper set)."""
-    on_grid = grid_positions(current, grid, config.stride)
-    m = floor_count(len(current), config.rho)
-    if config.mode == "paper":
-        return np.union1d(topk(scores, m), on_grid).astype(np.int64)
-    masked = np.asarray(scores, dtype=np.float64).copy()
-    masked[on_grid] = -np.inf
-    return np.union1d(topk(masked, m), on_grid).astype(np.int64)
 
 
 def sequence_keep_index(offset: int, n_image: int, keep_local: np.ndarray, seq_len: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from feather.errors import InputError
 from feather.hf import checkpoint as model_mod
 from feather.hf.layers import causal_mask, score_logits
 from feather.sampling import Sampling, next_token
-from feather.selection import select_stage, sequence_keep_index
+from feather.selection import sequence_keep_index
 
 
 @dataclass
@@ -125,8 +125,8 @@ class Reference:
             cos, sin = self._rope(h_in, p_in)
             full = score_logits(self.lm.layers[stage.layer - 1], h_in, cos, sin, stage.rope)
             logits = full[0, :, offset : offset + len(current)].float().numpy()  # [H, n]
-        feats = features.float().numpy() if stage.rule == "knn" else None
-        keep_local = select_stage(stage, self.config, current, self.geom.grid, logits, feats)
+        feats = features.float().numpy() if stage.impl.needs_features else None
+        keep_local = stage.impl.select(current, self.geom.grid, self.config.params, logits, feats, stage.layer)
         keep = torch.from_numpy(sequence_keep_index(offset, len(current), keep_local, hidden.shape[1]))
         return hidden[:, keep], pos[keep], current[keep_local]
 

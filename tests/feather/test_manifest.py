@@ -33,15 +33,17 @@ from feather.manifest import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-KV = KVNames("past.%d.key", "past.%d.value", "present.%d.key", "present.%d.value")
+KV = KVNames("cache.%d.key", "cache.%d.value", "new.%d.key", "new.%d.value")
 SEQ = {"seq": AxisRange(1, 512, 2048)}
 
 
 def make_segment(start: int, end: int, n_in: int) -> GraphSpec:
+    last = end == 24
     return GraphSpec(
         file=f"segment_{start:02d}_{end:02d}.onnx",
-        inputs={"hidden": "hidden_in", "position_ids": "position_ids"},
-        outputs={"hidden": "hidden_out"},
+        inputs={"hidden": "hidden_in", "keep_index": "keep_index", "position_ids": "position_ids",
+                "past_len": "past_len"},
+        outputs={"logits": "logits"} if last else {"hidden": "hidden_out", "score": "score"},
         axes=dict(SEQ),
         layers=[start, end],
         kv=KV,
@@ -53,7 +55,8 @@ def make_manifest() -> Manifest:
     """A complete, valid manifest for a 24-layer LLaVA pruned in two stages."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
-        producer="feather-vlm 0.1.0",
+        producer="feather-vlm 0.2.0",
+        target="portable",
         source=Source(model="llava-hf/llava-1.5-7b-hf", revision="a272c74"),
         dims=Dims(
             num_layers=24,
@@ -88,10 +91,10 @@ def make_manifest() -> Manifest:
         pruning=PruningSpec(
             criterion="feather",
             K=[8, 16],
-            ratio=0.25,
+            ratio=0.7,
             stride=3,
             mode="static",
-            stages=[StageSpec(8, "ensemble", False, 144), StageSpec(16, "topk_norope2", False, 36)],
+            stages=[StageSpec(8, "ensemble", False, 236), StageSpec(16, "topk_norope2", False, 21)],
         ),
         vision=GraphSpec(
             file="vision.onnx",
@@ -105,7 +108,7 @@ def make_manifest() -> Manifest:
             outputs={"embeds": "inputs_embeds"},
             axes=dict(SEQ),
         ),
-        segments=[make_segment(0, 8, 576), make_segment(8, 16, 144), make_segment(16, 24, 36)],
+        segments=[make_segment(0, 8, 576), make_segment(8, 16, 236), make_segment(16, 24, 21)],
         precision="fp16",
         opset=17,
         max_seq=2048,
@@ -162,7 +165,7 @@ def test_round_trip(tmp_path):
 def test_written_file_is_readable_json_in_field_order(tmp_path):
     write_export(tmp_path)
     text = (tmp_path / MANIFEST_NAME).read_text()
-    assert text.startswith('{\n  "schema_version": 1,\n  "producer"')
+    assert text.startswith('{\n  "schema_version": 2,\n  "producer"')
     assert list(json.loads(text))[-1] == "files"
 
 
@@ -178,9 +181,9 @@ def test_defaults_and_int_as_float():
 
 def test_codec_on_its_own():
     kv = from_json(KVNames, to_json(KV))
-    assert kv == KV and kv.names(3) == ("past.3.key", "past.3.value", "present.3.key", "present.3.value")
-    with pytest.raises(ManifestError, match=r"^feather.json: kv.past_key: expected str, got null$"):
-        from_json(KVNames, dict(to_json(KV), past_key=None), "kv")
+    assert kv == KV and kv.names(3) == ("cache.3.key", "cache.3.value", "new.3.key", "new.3.value")
+    with pytest.raises(ManifestError, match=r"^feather.json: kv.cache_key: expected str, got null$"):
+        from_json(KVNames, dict(to_json(KV), cache_key=None), "kv")
 
 
 @pytest.mark.parametrize(
@@ -210,8 +213,8 @@ def test_codec_on_its_own():
         (lambda d: d.update(source=None), "feather.json: source: expected object, got null"),
         (lambda d: d["dims"].pop("hidden"), "feather.json: dims.hidden: missing"),
         (
-            lambda d: d["segments"][2]["kv"].pop("present_value"),
-            "feather.json: segments[2].kv.present_value: missing",
+            lambda d: d["segments"][2]["kv"].pop("new_value"),
+            "feather.json: segments[2].kv.new_value: missing",
         ),
     ],
 )
@@ -237,12 +240,12 @@ def test_schema_violations_name_the_path(tmp_path, edit, message):
         ),
         (lambda d: d.update(segments=[]), "feather.json: segments: must list at least one segment"),
         (
-            lambda d: d["segments"][0]["kv"].update(past_key="past.key"),
-            "feather.json: segments[0].kv.past_key: 'past.key' must contain exactly one %d",
+            lambda d: d["segments"][0]["kv"].update(cache_key="cache.key"),
+            "feather.json: segments[0].kv.cache_key: 'cache.key' must contain exactly one %d",
         ),
         (
-            lambda d: d["segments"][1]["kv"].update(present_value="present.%d.%d"),
-            "feather.json: segments[1].kv.present_value:",
+            lambda d: d["segments"][1]["kv"].update(new_value="new.%d.%d"),
+            "feather.json: segments[1].kv.new_value:",
         ),
         (
             lambda d: d["segments"][2].update(file="../segment.onnx"),
@@ -258,6 +261,38 @@ def test_schema_violations_name_the_path(tmp_path, edit, message):
             "feather.json: prompt.template: must contain '{prompt}'",
         ),
         (lambda d: d.update(schema_version=0), "feather.json: schema_version: 0 is not a valid version"),
+        (lambda d: d.update(target="tpu"), "feather.json: target: 'tpu' is not one of portable, onnxruntime"),
+        # consistency between stages, rules and segment cuts
+        (lambda d: d["pruning"]["stages"][0].update(keep=200),
+         "feather.json: pruning.stages[0].keep: 200, but rule ensemble keeps 236 here"),
+        (lambda d: d["pruning"]["stages"][1].update(keep=22),
+         "feather.json: pruning.stages[1].keep: 22, but rule topk_norope2 keeps 21 here"),
+        (lambda d: d["pruning"]["stages"][0].update(rope=True),
+         "feather.json: pruning.stages[0].rope: True, but rule ensemble has no RoPE"),
+        (lambda d: d["pruning"]["stages"][0].update(rule="sparkle"),
+         "feather.json: pruning.stages[0].rule: 'sparkle' is not one of"),
+        (lambda d: (d["pruning"]["stages"][1].update(layer=12), d["pruning"].update(K=[8, 12])),
+         "feather.json: pruning.stages[1].layer: 12 is not where a segment starts"),
+        (lambda d: d["pruning"].update(K=[8, 17]), "feather.json: pruning.stages: layers [8, 16] do not match"),
+        (lambda d: d["segments"][0]["outputs"].pop("score"),
+         "feather.json: segments[0].outputs: needs a 'score' output"),
+        (lambda d: d["segments"][1].update(n_image_in=576),
+         "feather.json: segments[1].n_image_in: 576, expected 236"),
+        # axis ranges and numbers
+        (lambda d: d["segments"][1]["axes"]["seq"].update(opt=4096),
+         "feather.json: segments[1].axes.seq: min 1, opt 4096, max 2048: expected 0 <= min <= opt <= max"),
+        (lambda d: d["embed"]["axes"]["seq"].update(max=4096, opt=640),
+         "feather.json: embed.axes.seq: max 4096 exceeds max_seq 2048"),
+        (lambda d: d["image"]["std"].__setitem__(1, 0.0), "feather.json: image.std[1]: 0.0 is not a finite number > 0"),
+        (lambda d: d["image"]["mean"].__setitem__(0, float("nan")), "feather.json: image.mean[0]: nan is not a finite"),
+        (lambda d: d["dims"].update(num_layers=10**9), "feather.json: dims.num_layers: 1000000000 is outside"),
+        (lambda d: d["dims"].update(grid=10**6), "feather.json: dims.grid: 1000000 is outside [1, 128]"),
+        (lambda d: d["image"].update(size=[336, 10**6]), "feather.json: image.size[1]: 1000000 is outside"),
+        (lambda d: d["dims"].update(kv_heads=3), "feather.json: dims.kv_heads: 3 does not divide dims.heads = 16"),
+        (lambda d: d["segments"][1]["inputs"].pop("past_len"), "feather.json: segments[1].inputs.past_len: missing"),
+        (lambda d: d["segments"][1]["inputs"].update(extra="x"),
+         "feather.json: segments[1].inputs.extra: unknown role"),
+        (lambda d: d["segments"][1].update(dtype="int3"), "feather.json: segments[1].dtype: 'int3' is not one of"),
     ],
 )
 def test_semantic_violations_name_the_path(tmp_path, edit, message):
@@ -269,8 +304,57 @@ def test_newer_schema_is_refused_before_its_unknown_keys(tmp_path):
         d.update(schema_version=SCHEMA_VERSION + 1, new_section={})
 
     assert refused(tmp_path, newer) == (
-        "feather.json: schema_version: 2 is newer than this feather-vlm reads (1); upgrade feather-vlm"
+        f"feather.json: schema_version: {SCHEMA_VERSION + 1} is newer than this feather-vlm reads "
+        f"({SCHEMA_VERSION}); upgrade feather-vlm"
     )
+
+
+def test_previous_schema_is_refused_with_a_re_export_hint(tmp_path):
+    message = refused(tmp_path, lambda d: d.update(schema_version=1, past_keys="old"))
+    assert message.startswith("feather.json: schema_version: 1 was written by feather-vlm 0.1")
+    assert "re-export" in message
+
+
+def test_deeply_nested_or_huge_json_is_one_line(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ManifestError, match=r"nested too deeply|expected object"):
+        load_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_bytes(b" " * (17 << 20))
+    with pytest.raises(ManifestError, match=r"bytes, expected at most"):
+        load_manifest(tmp_path)
+
+
+def test_unlisted_and_linked_files_are_refused(tmp_path):
+    """Integrity covers the whole folder: a file that is not listed (so a byte-flip in it would
+    go unnoticed) and a symlink out of the folder are both refused; trt-cache/ is exempt."""
+    write_export(tmp_path)
+    (tmp_path / "trt-cache").mkdir()
+    (tmp_path / "trt-cache" / "engine.bin").write_bytes(b"engine")
+    assert load_manifest(tmp_path).vision.file == "vision.onnx"
+    (tmp_path / "extra.onnx.data").write_bytes(b"x")
+    with pytest.raises(ManifestError, match=r"extra\.onnx\.data: not listed in feather.json files"):
+        load_manifest(tmp_path)
+    (tmp_path / "extra.onnx.data").unlink()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    outside.write_text("{}")
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(ManifestError, match=r"tokenizer\.json: is a symbolic link"):
+        load_manifest(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "tokenizer.json").write_text('{"model": {}}')
+    (tmp_path / "weights2").symlink_to(tmp_path.parent)
+    with pytest.raises(ManifestError, match=r"weights2: is a symbolic link"):
+        load_manifest(tmp_path)
+
+
+def test_empty_file_list_is_refused(tmp_path):
+    write_export(tmp_path)
+    data = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    data["files"] = {}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"vision\.onnx: not listed in feather.json files"):
+        load_manifest(tmp_path)
 
 
 def test_file_changed_after_save(tmp_path):
@@ -294,7 +378,11 @@ def test_listed_file_deleted(tmp_path):
     (tmp_path / "segment_08_16.onnx").unlink()
     with pytest.raises(ManifestError) as info:
         load_manifest(tmp_path)
-    assert str(info.value) == f"{tmp_path / 'segment_08_16.onnx'}: missing (listed in feather.json)"
+    assert str(info.value) == f"{tmp_path / 'segment_08_16.onnx'}: missing (named by feather.json segments[1].file)"
+    (tmp_path / "weights" / "segment_00_08.onnx.data").unlink()
+    (tmp_path / "segment_08_16.onnx").write_bytes(b"onnx:segment_08_16.onnx")
+    with pytest.raises(ManifestError, match=r"segment_00_08\.onnx\.data: missing \(listed in feather.json\)$"):
+        load_manifest(tmp_path)
 
 
 def test_named_file_never_saved(tmp_path):
@@ -318,7 +406,7 @@ def test_not_an_export(tmp_path):
 
 
 def test_invalid_json(tmp_path):
-    (tmp_path / MANIFEST_NAME).write_text('{\n  "schema_version": 1,\n  "producer": \n}\n')
+    (tmp_path / MANIFEST_NAME).write_text('{\n  "schema_version": 2,\n  "producer": \n}\n')
     with pytest.raises(ManifestError) as info:
         load_manifest(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / MANIFEST_NAME}: invalid JSON at line 4, column 1")

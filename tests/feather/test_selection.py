@@ -8,7 +8,6 @@ from feather.config import PruneConfig
 from feather.selection import (
     attention_scores,
     knn_scores,
-    select_stage,
     sequence_keep_index,
     topk,
     uniform_grid,
@@ -63,6 +62,35 @@ def test_knn_scores_match_an_independent_dpc_knn():
 
 def _stage(config, i=0):
     return config.stages[i]
+
+
+def select_stage(stage, config, current, grid, logits=None, features=None):
+    return stage.impl.select(current, grid, config.params, logits, features, stage.layer)
+
+
+def test_every_rule_selects_exactly_its_static_keep_count():
+    """Each registered rule's ``keep`` is what its ``select`` returns in static mode, for
+    first and second stages (a rule without a case here fails the registry check)."""
+    from feather.rules import RULES, Params
+
+    rng = np.random.default_rng(4)
+    params = Params.from_ratio(0.7, 3)
+    feats = rng.normal(size=(576, 16))
+    for current in (np.arange(576), np.sort(rng.choice(576, 236, replace=False))):
+        for name, rule in RULES.items():
+            logits = rng.normal(size=(8, len(current))) if rule.needs_score else None
+            kept = rule.select(current, 24, params, logits, feats if rule.needs_features else None)
+            alive_grid = int(np.isin(current, uniform_grid(24, 3)).sum())
+            if name == "uniform":  # only grid tokens still alive can be kept
+                assert len(kept) == alive_grid
+            elif name == "ensemble" and alive_grid < 64:  # exact only while the whole grid is alive
+                assert len(kept) == alive_grid + int(0.3 * len(current) + 1e-9)
+            else:
+                assert len(kept) == rule.keep(len(current), 24, params), name
+            assert np.all(np.diff(kept) > 0) and (len(kept) == 0 or kept[-1] < len(current))
+    assert {r.name for r in RULES.values() if r.rope} == {"topk_rope"}
+    assert {r.name for r in RULES.values() if r.needs_score} == {"topk_rope", "topk_norope", "ensemble",
+                                                                  "topk_norope2"}
 
 
 def test_feather_static_is_a_superset_of_paper_mode_and_has_exact_counts():

@@ -1,0 +1,35 @@
+"""``feather.json``: the one contract between the exporter and the runtime (which reads nothing else).
+
+Split by concern: ``schema`` (the typed, versioned dataclasses), ``checks`` (what types cannot
+say: consistency between stages, segments, axes and numbers, checked at load time), and
+``files`` (hashing, atomic writing, reading and verifying an export folder). Stdlib only, so
+the runtime imports it without torch.
+"""
+
+from feather.jsoncodec import MANIFEST_NAME, from_json, to_json
+from feather.manifest.files import hash_folder, load_manifest, save_manifest, sha256_file, verify_files
+from feather.manifest.schema import (
+    DTYPES,
+    PRECISIONS,
+    SCHEMA_VERSION,
+    TARGETS,
+    AxisRange,
+    Dims,
+    GraphSpec,
+    ImageSpec,
+    KVNames,
+    Manifest,
+    PromptSpec,
+    PruningSpec,
+    Source,
+    StageSpec,
+    TokenSpec,
+    Tolerance,
+)
+
+__all__ = [
+    "DTYPES", "MANIFEST_NAME", "PRECISIONS", "SCHEMA_VERSION", "TARGETS", "AxisRange", "Dims", "GraphSpec",
+    "ImageSpec", "KVNames", "Manifest", "PromptSpec", "PruningSpec", "Source", "StageSpec", "TokenSpec",
+    "Tolerance", "from_json", "hash_folder", "load_manifest", "save_manifest", "sha256_file", "to_json",
+    "verify_files",
+]

@@ -1,0 +1,225 @@
+"""What types cannot say about a manifest, checked at load (and before every save).
+
+Every refusal is one line naming the JSON path, what was expected and what was found. The
+rules: numbers lie inside bounds that no real LLaVA exceeds (so a hostile feather.json cannot
+make the runtime allocate terabytes); preprocessing numbers are finite; axis ranges are
+ordered; the pruning stages agree with their rules (``feather.rules``: rope flag and keep
+count) and with the segment cuts (a stage at every cut, a score output before every stage
+that ranks by attention); every graph names the tensors its role needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import PurePosixPath, PureWindowsPath
+
+from feather import rules
+from feather.jsoncodec import fail, join_path
+from feather.manifest.schema import DTYPES, PRECISIONS, SCHEMA_VERSION, TARGETS, GraphSpec, KVNames, Manifest
+
+BOUNDS = {
+    "dims.num_layers": (1, 1024), "dims.hidden": (1, 65536), "dims.heads": (1, 1024), "dims.kv_heads": (1, 1024),
+    "dims.head_dim": (1, 1024), "dims.vocab": (1, 1 << 22), "dims.intermediate": (1, 1 << 20),
+    "dims.n_image": (1, 16384), "dims.grid": (1, 128), "dims.vision_hidden": (1, 65536),
+    "max_seq": (16, 1 << 18), "opset": (17, 23), "pruning.stride": (1, 128),
+}
+"""Inclusive bounds per numeric field (7B LLaVA: 32 layers, d 4096, vocab 32064, 576 tokens)."""
+MAX_IMAGE_SIDE = 4096
+ROLES = {
+    "vision": ({"pixel_values"}, {"image_features"}),
+    "embed": ({"input_ids"}, {"embeds"}),
+    "segment": ({"hidden", "keep_index", "position_ids", "past_len"}, {"hidden", "logits", "score"}),
+}
+"""Input and output roles each kind of graph may name (segments: ``hidden`` or ``logits`` out)."""
+BAD_NAME = "is not a plain relative name inside the export folder (no '..', no absolute path)"
+
+
+def check_version(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        fail("schema_version", f"{version} is newer than this feather-vlm reads ({SCHEMA_VERSION}); upgrade feather-vlm")
+    if version == 1:
+        fail("schema_version", "1 was written by feather-vlm 0.1 (KV caches concatenated in the graphs); "
+             "re-export the checkpoint with this feather-vlm (feather-export)")
+    if version != SCHEMA_VERSION:
+        fail("schema_version", f"{version} is not a valid version (this feather-vlm reads {SCHEMA_VERSION})")
+
+
+def check_manifest(m: Manifest) -> None:
+    """Every check below, in order; the first violation raises ``ManifestError``."""
+    check_version(m.schema_version)
+    _choice("precision", m.precision, PRECISIONS)
+    _choice("target", m.target, TARGETS)
+    _choice("pruning.mode", m.pruning.mode, rules.MODES)
+    _bounds(m)
+    _image(m)
+    _prompt(m)
+    _segments(m.segments, m.dims.num_layers)
+    for path, graph in m.graphs_with_paths():
+        _graph(path, graph, m.max_seq)
+    _stages(m)
+    _name("tokenizer", m.tokenizer)
+    for name in m.files:
+        _name(join_path("files", name), name)
+
+
+def _choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        fail(path, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _length(path: str, values: list, n: int, what: str) -> None:
+    if len(values) != n:
+        fail(path, f"expected {what}, got {len(values)} values")
+
+
+def _within(path: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        fail(path, f"{value} is outside [{lo}, {hi}]")
+
+
+def _get(m: Manifest, path: str):
+    obj = m
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _bounds(m: Manifest) -> None:
+    for path, (lo, hi) in BOUNDS.items():
+        _within(path, _get(m, path), lo, hi)
+    d = m.dims
+    if d.heads % d.kv_heads:
+        fail("dims.kv_heads", f"{d.kv_heads} does not divide dims.heads = {d.heads}")
+    if d.grid * d.grid != d.n_image:
+        fail("dims.n_image", f"{d.n_image} is not dims.grid^2 = {d.grid * d.grid}")
+    if not 0.0 < m.pruning.ratio < 1.0:
+        fail("pruning.ratio", f"{m.pruning.ratio} is not a fraction strictly between 0 and 1")
+    for key in ("logits_abs", "hidden_abs"):
+        value = getattr(m.tolerance, key)
+        if not (math.isfinite(value) and value >= 0):
+            fail(f"tolerance.{key}", f"{value} is not a finite number >= 0")
+
+
+def _image(m: Manifest) -> None:
+    img = m.image
+    _length("image.size", img.size, 2, "[height, width]")
+    for i, side in enumerate(img.size):
+        _within(f"image.size[{i}]", side, 1, MAX_IMAGE_SIDE)
+    if img.resize_shortest_edge is not None:
+        _within("image.resize_shortest_edge", img.resize_shortest_edge, 1, MAX_IMAGE_SIDE)
+    if not (math.isfinite(img.rescale_factor) and img.rescale_factor > 0):
+        fail("image.rescale_factor", f"{img.rescale_factor} is not a finite number > 0")
+    for key in ("mean", "std"):
+        values = getattr(img, key)
+        _length(f"image.{key}", values, 3, "one value per RGB channel")
+        for i, v in enumerate(values):
+            if not math.isfinite(v) or (key == "std" and v <= 0):
+                fail(f"image.{key}[{i}]", f"{v} is not a finite number{' > 0' if key == 'std' else ''}")
+
+
+def _prompt(m: Manifest) -> None:
+    prompt = m.prompt
+    for needle in ("{prompt}", prompt.image_token):
+        if not needle or needle not in prompt.template:
+            fail("prompt.template", f"must contain {needle!r}")
+    if prompt.n_image_tokens != m.dims.n_image:
+        fail("prompt.n_image_tokens", f"{prompt.n_image_tokens}, expected dims.n_image = {m.dims.n_image}")
+    if len(prompt.template) > 65536:
+        fail("prompt.template", f"{len(prompt.template)} characters, expected at most 65536")
+
+
+def _segments(segments: list[GraphSpec], num_layers: int) -> None:
+    if not segments:
+        fail("segments", "must list at least one segment")
+    start = 0
+    for i, seg in enumerate(segments):
+        path = f"segments[{i}].layers"
+        if seg.layers is None:
+            fail(path, "missing (every segment needs its [start, end) layer range)")
+        _length(path, seg.layers, 2, "[start, end]")
+        lo, hi = seg.layers
+        if lo != start:
+            fail(path, f"starts at {lo}, expected {start} (segments must cover the layers contiguously)")
+        if hi <= lo:
+            fail(path, f"[{lo}, {hi}) holds no layer")
+        if seg.kv is None:
+            fail(f"segments[{i}].kv", "missing (every segment needs its KV name templates)")
+        start = hi
+    if start != num_layers:
+        fail(f"segments[{len(segments) - 1}].layers", f"ends at {start}, expected dims.num_layers = {num_layers}")
+
+
+def _graph(path: str, graph: GraphSpec, max_seq: int) -> None:
+    _name(f"{path}.file", graph.file)
+    _choice(f"{path}.dtype", graph.dtype, DTYPES)
+    kind = "segment" if path.startswith("segments") else path
+    allowed_in, allowed_out = ROLES[kind]
+    for where, roles, allowed in (("inputs", graph.inputs, allowed_in), ("outputs", graph.outputs, allowed_out)):
+        for role in roles:
+            if role not in allowed:
+                fail(f"{path}.{where}.{role}", f"unknown role (expected one of {', '.join(sorted(allowed))})")
+    need_in = allowed_in if kind != "segment" else allowed_in
+    for role in sorted(need_in - set(graph.inputs)):
+        fail(f"{path}.inputs.{role}", "missing")
+    if kind == "segment" and len({"hidden", "logits"} & set(graph.outputs)) != 1:
+        fail(f"{path}.outputs", "expected exactly one of 'hidden' (inner segment) or 'logits' (last segment)")
+    if kind != "segment" and set(allowed_out) - set(graph.outputs):
+        fail(f"{path}.outputs.{sorted(set(allowed_out) - set(graph.outputs))[0]}", "missing")
+    if graph.kv is not None:
+        for f in dataclasses.fields(KVNames):
+            template = getattr(graph.kv, f.name)
+            if template.count("%d") != 1 or template.count("%") != 1:
+                fail(f"{path}.kv.{f.name}", f"{template!r} must contain exactly one %d (the layer index)")
+    for axis, r in graph.axes.items():
+        where = f"{path}.axes.{axis}"
+        if not 0 <= r.min <= r.opt <= r.max:
+            fail(where, f"min {r.min}, opt {r.opt}, max {r.max}: expected 0 <= min <= opt <= max")
+        if r.max > max_seq:
+            fail(where, f"max {r.max} exceeds max_seq {max_seq}")
+
+
+def _stages(m: Manifest) -> None:
+    p, d = m.pruning, m.dims
+    if [s.layer for s in p.stages] != list(p.K):
+        fail("pruning.stages", f"layers {[s.layer for s in p.stages]} do not match pruning.K = {list(p.K)}")
+    params = rules.Params.from_ratio(p.ratio, p.stride, p.mode)
+    starts = {seg.layers[0]: i for i, seg in enumerate(m.segments)}
+    n, at = d.n_image, {}
+    for i, stage in enumerate(p.stages):
+        where = f"pruning.stages[{i}]"
+        if stage.rule not in rules.RULES:
+            fail(f"{where}.rule", f"{stage.rule!r} is not one of {', '.join(rules.RULES)}")
+        rule = rules.RULES[stage.rule]
+        if stage.rope != rule.rope:
+            fail(f"{where}.rope", f"{stage.rope}, but rule {rule.name} {'applies' if rule.rope else 'has no'} RoPE")
+        n = rule.keep(n, d.grid, params)
+        if stage.keep != n:
+            fail(f"{where}.keep", f"{stage.keep}, but rule {rule.name} keeps {n} here")
+        if stage.layer not in starts:
+            fail(f"{where}.layer", f"{stage.layer} is not where a segment starts (segments start at {sorted(starts)})")
+        if rule.needs_score and stage.layer == 0:
+            fail(f"{where}.layer", f"0, but rule {rule.name} ranks by layer K-1's attention (K >= 1)")
+        at[stage.layer] = (rule, n)
+    n_in = d.n_image
+    for i, seg in enumerate(m.segments):
+        start, end = seg.layers
+        if start in at:
+            n_in = at[start][1]
+        wants = end in at and at[end][0].needs_score
+        if wants != ("score" in seg.outputs):
+            what = "needs a 'score' output (the next stage ranks by attention)" if wants else "has a 'score' output"
+            fail(f"segments[{i}].outputs", f"{what}{'' if wants else ' but no stage at its end ranks by it'}")
+        if seg.n_image_in is not None and seg.n_image_in != n_in:
+            fail(f"segments[{i}].n_image_in", f"{seg.n_image_in}, expected {n_in} from the stages before it")
+
+
+def plain_name(name: str) -> bool:
+    parts, windows = PurePosixPath(name).parts, PureWindowsPath(name)
+    absolute = name.startswith("/") or bool(windows.drive or windows.root)
+    return bool(parts) and ".." not in parts and "\\" not in name and not absolute and "\0" not in name
+
+
+def _name(path: str, name: str) -> None:
+    if not plain_name(name):
+        fail(path, f"{name!r} {BAD_NAME}")

@@ -1,0 +1,227 @@
+"""The schema of ``feather.json``: typed, strict, versioned dataclasses.
+
+Each section is a dataclass decoded by the type-hint-driven codec in ``feather.jsoncodec``,
+so an unknown key, missing key or wrong type fails with its JSON path
+(``feather.json: segments[1].inputs.hidden: expected str, got int``); what types cannot say
+(consistency, bounds) is checked by ``feather.manifest.checks`` at load time.
+
+Schema 2 (feather-vlm 0.2): decoder segments read a KV cache buffer of fixed capacity plus
+``past_len`` and return only the new rows (``kv.cache_*`` / ``kv.new_*``); the manifest
+records the target runtime and each graph's dtype and method. Schema 1 folders (caches
+concatenated in-graph) are refused with a re-export hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feather.errors import ManifestError
+from feather.jsoncodec import from_json, to_json
+
+SCHEMA_VERSION = 2
+PRECISIONS = ("fp32", "fp16")
+TARGETS = ("portable", "onnxruntime")
+"""What a graph set is made for: ``portable`` (standard ONNX ops and QDQ: TensorRT, any ONNX
+runtime) or ``onnxruntime`` (may also use ONNX Runtime's ``com.microsoft`` fused operators)."""
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class Source:
+    """The checkpoint the export came from (for provenance; the runtime never loads it)."""
+
+    model: str
+    revision: str | None = None
+
+
+@dataclass
+class Dims:
+    """Model dimensions: L, d, H, KV heads, head_dim, vocab, MLP width, image tokens, grid G."""
+
+    num_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    intermediate: int
+    n_image: int
+    grid: int
+    vision_hidden: int
+
+
+@dataclass
+class ImageSpec:
+    """Image preprocessing; ``size`` is the crop as [height, width]."""
+
+    size: list[int]
+    resize_shortest_edge: int | None
+    resample: str
+    center_crop: bool
+    rescale_factor: float
+    normalize: bool
+    mean: list[float]
+    std: list[float]
+    convert_rgb: bool = True
+
+
+@dataclass
+class PromptSpec:
+    """Prompt template holding ``{prompt}`` and the image token; fill it with str.replace."""
+
+    template: str
+    image_token: str
+    image_token_id: int
+    n_image_tokens: int
+    add_special_tokens: bool = True
+
+
+@dataclass
+class TokenSpec:
+    """Special token ids."""
+
+    eos: list[int]
+    pad: int | None = None
+    bos: int | None = None
+
+
+@dataclass
+class StageSpec:
+    """One pruning stage: at ``layer``, keep ``keep`` image tokens by ``rule``."""
+
+    layer: int
+    rule: str
+    rope: bool
+    keep: int
+
+
+@dataclass
+class PruningSpec:
+    """The pruning plan (criterion, K list, ratio R, stride, mode, stages)."""
+
+    criterion: str
+    K: list[int]
+    ratio: float
+    stride: int
+    mode: str
+    stages: list[StageSpec]
+
+
+@dataclass
+class AxisRange:
+    """A dynamic axis' min / opt / max (TensorRT optimisation profile)."""
+
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass
+class KVNames:
+    """Per-layer KV tensor name templates, each with one ``%d`` (e.g. ``cache.%d.key``).
+
+    ``cache_*``: the input cache buffer [1, KV, C, hd] (C = capacity; rows >= ``past_len``
+    are masked); ``new_*``: the output rows [1, KV, S, hd] this step adds, which the runtime
+    writes into the buffer at ``past_len``."""
+
+    cache_key: str
+    cache_value: str
+    new_key: str
+    new_value: str
+
+    def names(self, layer: int) -> tuple[str, ...]:
+        """(cache_key, cache_value, new_key, new_value) names for ``layer``."""
+        return tuple(getattr(self, f.name) % layer for f in dataclasses.fields(self))
+
+
+@dataclass
+class GraphSpec:
+    """One ONNX graph: file, tensor names, dynamic axes; segments add layers [start, end) and KV."""
+
+    file: str
+    inputs: dict[str, str]  # role -> tensor name (roles: see feather.manifest.checks.ROLES)
+    outputs: dict[str, str]
+    axes: dict[str, AxisRange] = field(default_factory=dict)
+    layers: list[int] | None = None
+    kv: KVNames | None = None
+    n_image_in: int | None = None  # image tokens the segment holds after its gather (static mode)
+    dtype: str = "float32"  # float type of its float inputs and outputs (hidden, KV, pixels)
+    method: str = "float"  # how its weights are stored: float, or a quantization method
+
+
+@dataclass
+class Tolerance:
+    """Max abs differences the export was validated to (ONNX vs PyTorch)."""
+
+    logits_abs: float
+    hidden_abs: float
+
+
+@dataclass
+class Manifest:
+    """Everything the runtime needs, as written to ``feather.json``."""
+
+    schema_version: int
+    producer: str
+    target: str
+    source: Source
+    dims: Dims
+    image: ImageSpec
+    prompt: PromptSpec
+    tokens: TokenSpec
+    tokenizer: str
+    pruning: PruningSpec
+    vision: GraphSpec
+    embed: GraphSpec
+    segments: list[GraphSpec]
+    precision: str
+    opset: int
+    max_seq: int
+    tolerance: Tolerance
+    files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 hex
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        """Decode and validate a parsed ``feather.json``; raises ``ManifestError``."""
+        from feather.manifest import checks
+
+        # before decoding: another schema may have keys this version calls unknown
+        if type(data) is dict and type(data.get("schema_version")) is int:
+            checks.check_version(data["schema_version"])
+        manifest = from_json(cls, data)  # the module-level codec
+        manifest.validate()
+        return manifest
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as a JSON-ready dict (field order kept)."""
+        return to_json(self)  # the module-level codec
+
+    def validate(self) -> None:
+        """Check what types cannot (``feather.manifest.checks``); raises ``ManifestError``."""
+        from feather.manifest import checks
+
+        checks.check_manifest(self)
+
+    def graphs_with_paths(self) -> list[tuple[str, GraphSpec]]:
+        """Every graph in run order with its JSON path: vision, embed, segments[i]."""
+        segs = [(f"segments[{i}]", s) for i, s in enumerate(self.segments)]
+        return [("vision", self.vision), ("embed", self.embed), *segs]
+
+    def segment_for_layer(self, i: int) -> GraphSpec:
+        """The segment whose half-open ``layers`` range holds decoder layer ``i``."""
+        for seg in self.segments:
+            if seg.layers is not None and seg.layers[0] <= i < seg.layers[1]:
+                return seg
+        raise IndexError(f"no segment holds layer {i} (the model has {self.dims.num_layers})")
+
+    def path(self, folder: str | os.PathLike, name: str) -> Path:
+        """``folder / name`` for a file named in the manifest; refuses '..' and absolute names."""
+        from feather.manifest.checks import BAD_NAME, plain_name
+
+        if not plain_name(name):
+            raise ManifestError(f"{name!r} {BAD_NAME}")
+        return Path(folder) / name
