@@ -29,15 +29,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SEED = 0
+from feather import checkpoints
+
+SEED = checkpoints.SEED
 GEOMETRIES = ("bench", "tiny")
 
 # 40 text tokens once the LLaVA-1.5 template is around it (BOS, "USER:", the newline after
 # the image and "ASSISTANT:" included); the benchmark reports the count it measured.
 PROMPT = "Describe the red round object on the left of the image and the blue box near the small cup."
 
-TEXT = {"hidden": 512, "heads": 4, "head_dim": 128, "ffn": 1376, "layers": 32}
-VISION = {"hidden": 128, "heads": 2, "ffn": 512, "layers": 24}
+SPEC = checkpoints.Spec(
+    text=checkpoints.Text(hidden=512, ffn=1376, layers=32, heads=4, kv_heads=4, head_dim=128),
+    vision=checkpoints.Vision(hidden=128, ffn=512, layers=24, heads=2),  # 336 px / patch 14, layer -2
+    zero_eos_logit=True,
+)
 
 
 def default_cache_dir() -> Path:
@@ -60,81 +65,14 @@ def resolve(geometry: str) -> Path:
 
 def build_config(vocab_size: int, image_token_id: int, pad_id: int):
     """The ``LlavaConfig`` of the benchmark geometry (see the module docstring)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(
-        hidden_size=VISION["hidden"], intermediate_size=VISION["ffn"], num_hidden_layers=VISION["layers"],
-        num_attention_heads=VISION["heads"], image_size=336, patch_size=14, projection_dim=VISION["hidden"],
-    )
-    text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=TEXT["hidden"], intermediate_size=TEXT["ffn"],
-        num_hidden_layers=TEXT["layers"], num_attention_heads=TEXT["heads"], num_key_value_heads=TEXT["heads"],
-        head_dim=TEXT["head_dim"], max_position_embeddings=4096, rms_norm_eps=1e-5, initializer_range=0.2,
-        bos_token_id=1, eos_token_id=2, pad_token_id=pad_id,
-    )
-    return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=image_token_id,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576,
-        pad_token_id=pad_id,
-    )
-
-
-def _processor(tok):
-    """A ``LlavaProcessor`` set up exactly like the tiny checkpoint's (CLIP at 336 px)."""
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
-
-    from feather import tiny
-
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": tiny.IMAGE_TOKEN},
-    )
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    return LlavaProcessor(
-        image_processor=image_processor, tokenizer=hf_tok, patch_size=14,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )
-
-
-def _model(config, eos_id: int):
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
-    torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for p in model.model.multi_modal_projector.parameters():  # let the image move the answer
-            p.mul_(4.0)
-        model.lm_head.weight[eos_id] = 0.0  # logit 0 never wins over 511 random ones: no early stop
-    return model
+    return checkpoints.build_config(SPEC, vocab_size, image_token_id, pad_id)
 
 
 def build(path: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Build the benchmark checkpoint into ``path`` (default ``default_cache_dir()``) once;
-    later calls return the folder. Written with ``save_pretrained`` to a partial folder
-    that is renamed into place, so an interrupted build leaves nothing half-written."""
-    import shutil
-
-    from feather import tiny
-
-    out = Path(path) if path is not None else default_cache_dir()
-    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists() and not overwrite:
-        return out
-    tok = tiny.build_tokenizer()
-    image_id, pad_id, eos_id = (tok.token_to_id(t) for t in (tiny.IMAGE_TOKEN, "<pad>", "</s>"))
-    model = _model(build_config(tok.get_vocab_size(), image_id, pad_id), eos_id)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    _processor(tok).save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    later calls return the folder (``feather.checkpoints.build``: written to a partial
+    folder that is renamed into place, so an interrupted build leaves nothing half-written)."""
+    return checkpoints.build(SPEC, path if path is not None else default_cache_dir(), overwrite=overwrite)
 
 
 def flops_geometry(path: str | os.PathLike):
