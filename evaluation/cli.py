@@ -1,0 +1,76 @@
+"""feather-eval: localization accuracy of a pruned LLaVA (export folder or checkpoint) on a
+referring-expression JSONL, with where its kept tokens sit. See docs/evaluation.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from feather import cli
+from feather.config import CRITERIA, MODES, PruneConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feather-eval",
+        description="Score referring-expression localization (Acc@0.5, Acc@0.25, IoU) of an export folder "
+                    "or a checkpoint, per pruning criterion, and report where the kept tokens sit.",
+    )
+    parser.add_argument("target", metavar="DIR_OR_CHECKPOINT",
+                        help="export folder (feather.json), or a checkpoint: HF id, local folder or 'tiny'")
+    parser.add_argument("--data", required=True, metavar="FILE.jsonl",
+                        help='one {"image", "expression", "bbox": [x, y, w, h]} per line (COCO pixels)')
+    parser.add_argument("--split", default=None, help="only the lines with this \"split\"")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="the first N samples only")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="default: %(default)s (the paper's)")
+    parser.add_argument("--json", default=None, metavar="OUT",
+                        help="write every answer and the summary here; samples already in it are skipped (resume)")
+    parser.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy and kept-row distribution plot")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (export folders)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = parser.add_argument_group("pruning (checkpoints only; defaults: the paper's FEATHER run)")
+    g.add_argument("--criterion", default=None, help=f"one of {', '.join(sorted(CRITERIA))} (default: feather)")
+    g.add_argument("--K", type=int, nargs="+", default=None, metavar="K", help="pruning layers (default: 8 16)")
+    g.add_argument("--ratio", type=float, default=None, help="fraction of image tokens pruned, R (default: 0.7)")
+    g.add_argument("--stride", type=int, default=None, help="uniform grid stride s (default: 3)")
+    g.add_argument("--mode", default=None, help=f"one of {', '.join(MODES)} (default: static)")
+    g.add_argument("--sweep", default=None, metavar="SPEC",
+                   help="several configs, comma-separated criterion[@K[+K2]][:rR][:sS][:paper], "
+                        "e.g. none,original@3:r0.75,feather; 'poster' = the poster's rows")
+    return parser
+
+
+def configs(args: argparse.Namespace) -> list[PruneConfig] | None:
+    """The configs the options ask for; None when no pruning option was given."""
+    from feather.eval.sweep import parse_sweep
+
+    given = {k: getattr(args, k) for k in ("criterion", "K", "ratio", "stride", "mode") if getattr(args, k) is not None}
+    if args.sweep is None and not given:
+        return None
+    if "K" in given:
+        given["K"] = tuple(given["K"])
+    if args.sweep is None:
+        return [PruneConfig(**given)]
+    base = PruneConfig(**{k: v for k, v in given.items() if k != "criterion"})
+    return parse_sweep(args.sweep, base)
+
+
+def _body(args: argparse.Namespace) -> int:
+    from feather.eval import evaluate, load_samples, open_models, plot, table
+
+    samples = load_samples(args.data, limit=args.limit, split=args.split)
+    models = open_models(args.target, configs(args), threads=args.threads)
+    report = evaluate(models, samples, max_new_tokens=args.max_new_tokens, json_out=args.json,
+                      progress=not args.no_progress, data=str(Path(args.data).resolve()))
+    print(table(report))
+    if args.plot is not None:
+        plot(report, args.plot)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

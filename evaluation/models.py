@@ -1,0 +1,115 @@
+"""What the harness asks a model: an answer and the kept image tokens per stage.
+
+Two implementations: ``ChainModel`` (an export folder through ``feather.runtime.Pipeline``,
+torch-free) and ``ReferenceModel`` (a HF checkpoint through the PyTorch reference, any
+criterion). A test can pass any object with the same attributes (see ``Model``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from feather.config import PruneConfig
+from feather.manifest import Dims, ImageSpec
+
+
+@dataclass
+class Answer:
+    """The generated text and ``Result.stages`` (``[{"layer": K, "kept": [indices]}, ...]``)."""
+
+    text: str
+    stages: list[dict]
+
+
+class Model(Protocol):
+    """A model the harness can score."""
+
+    config: PruneConfig  # the pruning it runs
+    image_spec: ImageSpec  # its resize / crop (the frame boxes are relative to)
+    dims: Dims  # layers, widths, image tokens and grid G (for FLOPs and token positions)
+
+    def answer(self, image, prompt: str, max_new_tokens: int) -> Answer: ...
+
+
+def label(config: PruneConfig) -> str:
+    """A run's name in tables and JSON: ``feather K=8+16 R=0.7 s=3``, ``none``."""
+    if not config.stages:
+        return config.criterion
+    parts = [config.criterion, "K=" + "+".join(str(k) for k in config.K)]
+    rules = {s.rule for s in config.stages}
+    if rules - {"uniform", "drop_all"}:
+        parts.append(f"R={config.ratio:g}")
+    if rules & {"uniform", "ensemble"}:
+        parts.append(f"s={config.stride}")
+    if config.mode != "static":
+        parts.append(config.mode)
+    return " ".join(parts)
+
+
+class ChainModel:
+    """An export folder: the deployed chain, with the criterion it was exported with."""
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
+        from feather.runtime import Pipeline
+
+        self.pipe = Pipeline.load(folder, threads=threads)
+        m = self.pipe.manifest
+        p = m.pruning
+        self.config = PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=p.ratio, stride=p.stride, mode=p.mode)
+        self.image_spec, self.dims = m.image, m.dims
+
+    def answer(self, image, prompt: str, max_new_tokens: int) -> Answer:
+        result = self.pipe.generate(image, prompt, max_new_tokens=max_new_tokens)
+        return Answer(result.text, result.stages)
+
+
+class ReferenceModel:
+    """A HF LLaVA checkpoint through the PyTorch reference. ``share`` reuses another
+    ``ReferenceModel``'s loaded weights, so a sweep loads the checkpoint once."""
+
+    def __init__(self, model: str, config: PruneConfig, share: ReferenceModel | None = None):
+        from feather.export.preprocessing import image_spec_from_processor
+        from feather.hf import checkpoint
+        from feather.reference import Reference
+
+        if share is None:
+            net, processor = checkpoint.load(model)
+        else:
+            net, processor = share.ref.model, share.ref.processor
+        self.ref = Reference(net, processor, config)
+        self.config = config
+        self.image_spec = image_spec_from_processor(processor.image_processor)
+        self.dims = checkpoint.geometry(net.config)
+
+    def answer(self, image, prompt: str, max_new_tokens: int) -> Answer:
+        result = self.ref.generate(image, prompt, max_new_tokens)
+        return Answer(result.text, result.stages)
+
+
+def is_export(target: str | os.PathLike) -> bool:
+    """True when ``target`` is an export folder (holds feather.json)."""
+    from feather.jsoncodec import MANIFEST_NAME
+
+    return (Path(target) / MANIFEST_NAME).is_file()
+
+
+def open_models(target: str, configs: list[PruneConfig] | None, threads: int | None = None) -> list[Model]:
+    """The models to score: the export folder's chain (``configs`` must be None), or one
+    reference per config on the checkpoint ``target`` (HF id, folder, or ``tiny``),
+    sharing one copy of the weights."""
+    from feather.errors import ConfigError
+
+    if is_export(target):
+        if configs is not None:
+            raise ConfigError(
+                f"{target}: an export folder runs the criterion it was exported with; "
+                "--criterion, --K, --ratio, --stride, --mode and --sweep need a checkpoint")
+        return [ChainModel(target, threads)]
+    configs = configs or [PruneConfig()]
+    models: list[Model] = []
+    for config in configs:
+        models.append(ReferenceModel(target, config, share=models[0] if models else None))
+    return models
