@@ -28,14 +28,21 @@ TOKENIZER_FILE = "tokenizer.json"
 TOLERANCES = {"fp32": Tolerance(logits_abs=1e-3, hidden_abs=1e-3), "fp16": Tolerance(logits_abs=5e-2, hidden_abs=5e-2)}
 
 
+DTYPE = {"fp32": "float32", "fp16": "float16"}
+OPT_SEQ = 640  # the TensorRT profile's opt length: a LLaVA prompt (576 image tokens + text)
+
+
 def write(folder: Path, model: str, llava, processor, config: PruneConfig, geom, plans: list[SegmentPlan],
-          precision: str, opset: int, max_seq: int) -> Path:
+          precision: str, opset: int, max_seq: int, target: str = "portable") -> Path:
     """Save the tokenizer and feather.json (with a sha256 of every file) into ``folder``."""
     processor.tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
     image_id = llava.config.image_token_id
+    dtype = DTYPE[precision]
+    seq = AxisRange(1, min(OPT_SEQ, max_seq), max_seq)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         producer=f"feather-vlm {__version__}",
+        target=target,
         source=_source(model, llava),
         dims=geom,
         image=image_spec_from_processor(processor.image_processor),
@@ -44,10 +51,10 @@ def write(folder: Path, model: str, llava, processor, config: PruneConfig, geom,
         tokenizer=TOKENIZER_FILE,
         pruning=_pruning(config, plans, geom),
         vision=GraphSpec(file="vision.onnx", inputs={"pixel_values": "pixel_values"},
-                         outputs={"image_features": "image_features"}),
+                         outputs={"image_features": "image_features"}, dtype=dtype),
         embed=GraphSpec(file="embed.onnx", inputs={"input_ids": "input_ids"}, outputs={"embeds": "embeds"},
-                        axes={"seq": AxisRange(1, 640, max_seq)}),
-        segments=[_segment(p, geom, max_seq) for p in plans],
+                        axes={"seq": seq}, dtype=dtype),
+        segments=[_segment(p, seq, dtype) for p in plans],
         precision=precision,
         opset=opset,
         max_seq=max_seq,
@@ -76,16 +83,18 @@ def _pruning(config: PruneConfig, plans: list[SegmentPlan], geom) -> PruningSpec
                        mode=d["mode"], stages=stages)
 
 
-def _segment(plan: SegmentPlan, geom, max_seq: int) -> GraphSpec:
+def _segment(plan: SegmentPlan, seq: AxisRange, dtype: str) -> GraphSpec:
     outputs = {"logits": "logits"} if plan.final else {"hidden": "hidden_out"}
     if plan.score_rope is not None:
         outputs["score"] = "score"
     return GraphSpec(
         file=plan.file,
-        inputs={"hidden": "hidden", "keep_index": "keep_index", "position_ids": "position_ids"},
+        inputs={"hidden": "hidden", "keep_index": "keep_index", "position_ids": "position_ids",
+                "past_len": "past_len"},
         outputs=outputs,
-        axes={"seq": AxisRange(1, 640, max_seq), "past": AxisRange(0, 640, max_seq)},
+        axes={"seq": seq, "cache": seq},  # cache: the KV buffer's capacity (>= 1: prefill binds a dummy row)
         layers=[plan.start, plan.end],
         kv=KVNames(**KV_NAMES),
         n_image_in=plan.n_image_in,
+        dtype=dtype,
     )

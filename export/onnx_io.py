@@ -23,6 +23,13 @@ ALLOWED_OPS = frozenset(
     Slice Softmax Split Sqrt Squeeze Sub Sum Tanh Tile TopK Transpose Trilu Unsqueeze Where Xor
     DequantizeLinear QuantizeLinear""".split()
 )
+ORT_OPS = frozenset("MatMulInteger DynamicQuantizeLinear QLinearMatMul ConvInteger QLinearConv".split())
+"""Standard-domain operators ONNX Runtime runs well and TensorRT does not parse."""
+TARGETS = {"portable": (ALLOWED_OPS, frozenset()), "onnxruntime": (ALLOWED_OPS | ORT_OPS, frozenset({"com.microsoft"}))}
+"""Per export target: (standard operators allowed, extra domains whose every operator is allowed).
+``portable`` graphs build as TensorRT engines and run in any ONNX runtime (QDQ included);
+``onnxruntime`` graphs may also use ONNX Runtime's own fused operators (``com.microsoft``:
+MatMulNBits, FusedMatMul, ...) where they pay, e.g. quantized graphs."""
 EXTERNAL_DATA_BYTES = 1 << 31  # protobuf's 2 GB limit
 
 
@@ -38,18 +45,24 @@ def export_module(module, args: tuple, path: Path, opset: int) -> None:
         )
 
 
-def check_graph(path: Path) -> set[str]:
-    """``onnx.checker`` full check plus the operator allow-list. Returns the op types used;
-    raises ``ValidationError`` naming the graph and the refused operators."""
+def check_graph(path: Path, target: str = "portable") -> set[str]:
+    """``onnx.checker`` full check plus the ``target``'s operator allow-list. Returns the op
+    types used; raises ``ValidationError`` naming the graph and the refused operators."""
     import onnx
 
+    if target not in TARGETS:
+        raise ValidationError(f"target: got {target!r}, expected one of {', '.join(TARGETS)}")
+    allowed, domains = TARGETS[target]
     model = onnx.load(str(path), load_external_data=False)
-    ops = {node.op_type for node in _all_nodes(model.graph)}
-    refused = sorted(ops - ALLOWED_OPS)
+    nodes = list(_all_nodes(model.graph))
+    ops = {node.op_type for node in nodes}
+    refused = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in nodes
+                      if not (n.domain in domains or (n.domain in ("", "ai.onnx") and n.op_type in allowed))})
     if refused:
+        why = "not TensorRT-buildable as static shapes" if target == "portable" else "not for ONNX Runtime"
         raise ValidationError(
-            f"{path.name}: operators {', '.join(refused)} are not allowed (not TensorRT-buildable as static "
-            "shapes); expected only operators from feather.export.onnx_io.ALLOWED_OPS"
+            f"{path.name}: operators {', '.join(refused)} are not allowed for target {target} ({why}); "
+            f"expected only operators from feather.export.onnx_io.TARGETS[{target!r}]"
         )
     try:
         onnx.checker.check_model(str(path), full_check=True)

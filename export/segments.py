@@ -7,9 +7,15 @@ rotary embedding) from the HF layer; export validation compares them with the re
 
     vision:  pixel_values [1,3,H,W] -> image_features [1,N,d]
     embed:   input_ids [1,S] -> embeds [1,S,d]
-    segment: hidden [1,S_in,d], keep_index [S], position_ids [1,S], past.{i}.key/value [1,KV,P,hd]
-             -> hidden [1,S,d] | logits [1,V] (last segment), present.{i}.key/value [1,KV,P+S,hd],
+    segment: hidden [1,S_in,d], keep_index [S], position_ids [1,S], past_len [1],
+             cache.{i}.key/value [1,KV,C,hd] (a buffer of capacity C; rows >= past_len masked)
+             -> hidden [1,S,d] | logits [1,V] (last segment), new.{i}.key/value [1,KV,S,hd],
                 score [1,H,S] (when the next stage ranks by attention)
+
+The cache is read, never rewritten: a segment returns only its new rows, which the runtime
+writes into the buffer at ``past_len``. No Concat over the cache axis, no copy of the cache
+inside the graph (GQA groups the queries instead of repeating the keys), and no aliasing
+of an input and an output, so TensorRT 10.3 parses it as it is.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from feather.hf.layers import apply_rope, repeat_kv, score_logits, split_heads
+from feather.hf.layers import apply_rope, score_logits, split_heads
 
-KV_NAMES = {"past_key": "past.%d.key", "past_value": "past.%d.value",
-            "present_key": "present.%d.key", "present_value": "present.%d.value"}
+KV_NAMES = {"cache_key": "cache.%d.key", "cache_value": "cache.%d.value",
+            "new_key": "new.%d.key", "new_value": "new.%d.value"}
 
 
 class VisionGraph(nn.Module):
@@ -64,12 +70,13 @@ class DecoderSegment(nn.Module):
         super().__init__()
         lm = llava.model.language_model
         self.start, self.end, self.score_rope, self.final = start, end, score_rope, final
+        self.heads = llava.config.text_config.num_attention_heads
         self.layers = nn.ModuleList(lm.layers[start:end])
         self.rotary = lm.rotary_emb
         self.norm = lm.norm if final else None
         self.lm_head = llava.lm_head if final else None
-        self.input_names = ["hidden", "keep_index", "position_ids"] + self._kv("past")
-        self.output_names = (["logits"] if final else ["hidden_out"]) + self._kv("present")
+        self.input_names = ["hidden", "keep_index", "position_ids", "past_len"] + self._kv("cache")
+        self.output_names = (["logits"] if final else ["hidden_out"]) + self._kv("new")
         if score_rope is not None:
             self.output_names.append("score")
         self.dynamic_axes = self._axes()
@@ -82,22 +89,23 @@ class DecoderSegment(nn.Module):
 
     def _axes(self) -> dict:
         axes = {"hidden": {1: "seq_in"}, "keep_index": {0: "seq"}, "position_ids": {1: "seq"}}
-        axes.update({n: {2: "past"} for n in self._kv("past")})
-        axes.update({n: {2: "total"} for n in self._kv("present")})
+        axes.update({n: {2: "cache"} for n in self._kv("cache")})
+        axes.update({n: {2: "seq"} for n in self._kv("new")})
         if not self.final:
             axes["hidden_out"] = {1: "seq"}
         if self.score_rope is not None:
             axes["score"] = {2: "seq"}
         return axes
 
-    def forward(self, hidden, keep_index, position_ids, *past):
+    def forward(self, hidden, keep_index, position_ids, past_len, *cache):
         h = hidden.index_select(1, keep_index)  # [1, S, d]: the kept tokens, original order
         cos, sin = self.rotary(h, position_ids)  # [1, S, hd] at ORIGINAL positions
-        mask = _causal_mask(h.shape[1], past[0].shape[2], h.dtype)  # [1, 1, S, P+S]
+        rep = self.heads // cache[0].shape[1]
+        masks = _masks(h.shape[1], cache[0].shape[2], past_len, rep)  # [1,1,1,C] past, [1,1,rep*S,S] new
         presents, h_last_in = [], h
         for j, layer in enumerate(self.layers):
             h_last_in = h
-            h, k, v = _layer(layer, h, cos, sin, past[2 * j], past[2 * j + 1], mask)
+            h, k, v = _layer(layer, h, cos, sin, cache[2 * j], cache[2 * j + 1], masks)
             presents += [k, v]
         first = self.lm_head(self.norm(h[:, -1:, :]))[:, 0] if self.final else h  # [1, V] | [1, S, d]
         outputs = [first, *presents]
@@ -106,34 +114,52 @@ class DecoderSegment(nn.Module):
         return tuple(outputs)
 
 
-def _causal_mask(s: int, p, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask [1, 1, S, P+S]: query i (at absolute P+i) sees keys 0..P+i.
+def _masks(s: int, cap, past_len: torch.Tensor, rep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks (True = may attend) for S new queries grouped ``rep`` per KV head.
 
-        arange(S)+P --Unsqueeze--> [S,1] --+
-                                           +--LessOrEqual--> Where(0, min) --> [1,1,S,P+S]
-        arange(P+S) --Unsqueeze--> [1,P+S] +
+        arange(C) --Less(past_len)--> [1,1,1,C]          cache rows still live
+        arange(rep*S) % S --Unsqueeze--> [rep*S,1] --+
+                                                     +--GreaterOrEqual--> [1,1,rep*S,S]  causal
+        arange(S) --Unsqueeze--> [1,S] --------------+
     """
-    q = torch.arange(s) + p
-    k = torch.arange(p + s)
-    allowed = k[None, :] <= q[:, None]
-    zero = torch.zeros((), dtype=dtype)
-    return torch.where(allowed, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype))[None, None]
+    live = (torch.arange(cap) < past_len)[None, None, None, :]
+    q = torch.arange(rep * s) % s
+    causal = (q[:, None] >= torch.arange(s)[None, :])[None, None]
+    return live, causal
 
 
-def _layer(layer, h, cos, sin, past_k, past_v, mask):
-    """One Llama-shaped decoder layer with explicit KV: returns (hidden, present_k, present_v)."""
+def _layer(layer, h, cos, sin, cache_k, cache_v, masks):
+    """One Llama-shaped decoder layer reading a fixed-capacity cache: returns (hidden, k, v)
+    where k, v [1, KV, S, hd] are only this step's new rows.
+
+    GQA without repeating the cache: the H = KV * rep query heads are grouped per KV head,
+    q [1, H, S, hd] -> [1, KV, rep*S, hd], so every matmul reads the cache as it is. The
+    softmax runs over two key blocks (cache rows, new rows) without concatenating them:
+
+        s_c = q.cache_k^T, s_n = q.k^T (masked) -> m = max(max s_c, max s_n)
+        o = (exp(s_c - m) @ cache_v + exp(s_n - m) @ v) / (sum exp(s_c - m) + sum exp(s_n - m))
+
+    The cache always has at least one row (a prefill binds one masked dummy row), so every
+    reduction is over a non-empty axis; masked scores are finfo.min, whose exp is exactly 0.
+    """
     attn = layer.self_attn
-    hd = attn.head_dim
+    hd, kvh = attn.head_dim, cache_k.shape[1]
+    b, s, _ = h.shape
     x = layer.input_layernorm(h)
     q = apply_rope(split_heads(attn.q_proj(x), hd), cos, sin)  # [1, H, S, hd]
     k = apply_rope(split_heads(attn.k_proj(x), hd), cos, sin)  # [1, KV, S, hd]
     v = split_heads(attn.v_proj(x), hd)
-    k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # [1, KV, P+S, hd]
-    rep = q.shape[1] // k.shape[1]
-    kr, vr = repeat_kv(k, rep), repeat_kv(v, rep)
-    w = (q @ kr.transpose(2, 3)) * attn.scaling + mask  # [1, H, S, P+S]
-    w = torch.softmax(w.float(), dim=-1).to(q.dtype)  # fp32 softmax: fp16 overflows there
-    o = (w @ vr).transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)  # [1, S, H*hd]
+    rep = q.shape[1] // kvh
+    qg = q.reshape(b, kvh, rep * s, hd)  # [1, KV, rep*S, hd]: heads kv*rep .. kv*rep+rep-1
+    live, causal = masks
+    low = torch.finfo(torch.float32).min
+    s_c = torch.where(live, (qg @ cache_k.transpose(2, 3)).float() * attn.scaling, low)  # [1, KV, rep*S, C]
+    s_n = torch.where(causal, (qg @ k.transpose(2, 3)).float() * attn.scaling, low)  # [1, KV, rep*S, S]
+    m = torch.maximum(s_c.amax(-1, keepdim=True), s_n.amax(-1, keepdim=True))  # fp32: fp16 overflows here
+    e_c, e_n = torch.exp(s_c - m), torch.exp(s_n - m)
+    denom = e_c.sum(-1, keepdim=True) + e_n.sum(-1, keepdim=True)
+    o = (e_c / denom).to(q.dtype) @ cache_v + (e_n / denom).to(q.dtype) @ v  # [1, KV, rep*S, hd]
+    o = o.reshape(b, q.shape[1], s, hd).transpose(1, 2).reshape(b, s, -1)  # [1, S, H*hd]
     h = h + attn.o_proj(o)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
     return h, k, v

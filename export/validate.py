@@ -66,23 +66,24 @@ def segment_cases(seg, hidden: int, kv_heads: int, head_dim: int, dtype, seed: i
     g = torch.Generator().manual_seed(seed)
     n_layers = seg.end - seg.start
 
-    def args(s_in: int, keep: torch.Tensor, pos: torch.Tensor, past: int) -> tuple:
+    def args(s_in: int, keep: torch.Tensor, pos: torch.Tensor, past: int, cap: int) -> tuple:
         h = torch.randn(1, s_in, hidden, generator=g).to(dtype)
-        kv = [torch.randn(1, kv_heads, past, head_dim, generator=g).to(dtype) for _ in range(2 * n_layers)]
-        return (h, keep, pos[None], *kv)
+        # rows >= past are stale: random, as a reused buffer would hold; they must not matter
+        kv = [torch.randn(1, kv_heads, cap, head_dim, generator=g).to(dtype) for _ in range(2 * n_layers)]
+        return (h, keep, pos[None], torch.tensor([past]), *kv)
 
     keep = torch.sort(torch.randperm(23, generator=g)[:17]).values
     return [
-        Case("prefill S_in=23 S=17", args(23, keep, keep + 2, 0)),
-        Case("decode P=29", args(1, torch.tensor([0]), torch.tensor([40]), 29)),
+        Case("prefill S_in=23 S=17", args(23, keep, keep + 2, 0, 1)),
+        Case("decode P=29 C=37", args(1, torch.tensor([0]), torch.tensor([40]), 29, 37)),
     ]
 
 
 def trace_args(seg, hidden: int, kv_heads: int, head_dim: int, dtype) -> tuple:
-    """The example inputs the segment is traced with: S_in=12, S=10, past 3."""
+    """The example inputs the segment is traced with: S_in=12, S=10, past 3 in a cache of 5."""
     import torch
 
     n_layers = seg.end - seg.start
-    kv = [torch.zeros(1, kv_heads, 3, head_dim, dtype=dtype) for _ in range(2 * n_layers)]
+    kv = [torch.zeros(1, kv_heads, 5, head_dim, dtype=dtype) for _ in range(2 * n_layers)]
     keep = torch.arange(10)
-    return (torch.randn(1, 12, hidden).to(dtype), keep, keep[None] + 3, *kv)
+    return (torch.randn(1, 12, hidden).to(dtype), keep, keep[None] + 3, torch.tensor([3]), *kv)

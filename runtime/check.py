@@ -49,8 +49,16 @@ def reference_result(pipe: Pipeline, image, prompt: str, max_new_tokens: int, mo
         raise BackendError(
             f"--check needs the export extra ({err.name} missing): pip install 'feather-vlm[export]'"
         ) from None
-    ref = Reference.load(model or pipe.manifest.source.model, pipe.config)
+    ref = Reference.load(model or pipe.manifest.source.model, prune_config(pipe.manifest))
     return ref.generate(image, prompt, max_new_tokens)
+
+
+def prune_config(manifest):
+    """The ``PruneConfig`` the reference needs to reproduce ``manifest.pruning``."""
+    from feather.config import PruneConfig
+
+    p = manifest.pruning
+    return PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=p.ratio, stride=p.stride, mode=p.mode)
 
 
 def compare(chain: Result, ref, tolerance: float) -> Report:

@@ -6,13 +6,17 @@ cache (segments hold different token counts). Torch-free.
     result = pipe.generate("photo.jpg", "What is on the table?", max_new_tokens=32)
     for piece in pipe.stream(image, prompt): print(piece, end="")
 
-A ``Pipeline`` holds only read-only state (manifest, tokenizer, ONNX Runtime sessions);
-each ``generate`` keeps its KV caches in its own ``_Run``, so one Pipeline may serve
-several threads at once.
+Everything comes from feather.json: tensor names, KV templates, the pruning stages (each a
+``feather.rules`` object), dtypes. Graphs run behind the backend seam
+(``feather.runtime.backends``): this loop never touches a backend's own types.
+
+A ``Pipeline`` holds only read-only state (manifest, tokenizer, sessions); each call keeps
+its KV caches in its own ``_Run``, so one Pipeline may serve several threads at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,133 +24,130 @@ from pathlib import Path
 
 import numpy as np
 
-from feather.config import PruneConfig, Stage
-from feather.errors import InputError
+from feather import rules
+from feather.errors import InputError, ManifestError
 from feather.manifest import GraphSpec, Manifest, load_manifest
-from feather.runtime.backend import OrtSession, tensorrt_options
-from feather.runtime.preprocess import PromptEncoder, load_image, pixel_values
+from feather.runtime import backends
+from feather.runtime.preprocess import PromptEncoder, pixel_values
 from feather.sampling import Sampling, next_token
-from feather.selection import select_stage, sequence_keep_index
+from feather.selection import sequence_keep_index
+
+DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 @dataclass
 class Result:
-    """Tokens, text, kept image indices per stage, per-step logits [V] and timings (s)."""
+    """Tokens, text, kept image indices per stage, per-step logits [V], timings (s), and the
+    bytes the call's KV caches held (allocated once, at their capacity)."""
 
     tokens: list[int]
     text: str
     stages: list[dict]
     timings: dict
     logits: list[np.ndarray] = field(default_factory=list, repr=False)
+    kv_bytes: int = 0
+    prompt_tokens: int = 0
 
     def to_json(self) -> dict:
-        return {"tokens": self.tokens, "text": self.text, "stages": self.stages, "timings": self.timings}
+        return {"tokens": self.tokens, "text": self.text, "stages": self.stages, "timings": self.timings,
+                "prompt_tokens": self.prompt_tokens, "kv_bytes": self.kv_bytes}
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One segment's session and every tensor name it needs, formatted once at load."""
+
+    spec: GraphSpec
+    session: backends.Session
+    dtype: type
+    feeds: dict[str, str]  # role -> input name: hidden, keep_index, position_ids, past_len
+    out: str  # the hidden or logits output
+    score: str | None
+    cache: list[str]  # cache input names, (key, value) per layer
+    new: list[str]  # new-row output names, same order
+    stage: tuple[rules.Rule, int] | None  # the stage applied before this segment: (rule, layer)
 
 
 @dataclass
 class _Run:
-    """Per-call state: each segment's KV cache and the next position id."""
+    """Per-call state: each segment's cache buffers and live length, the next position id."""
 
-    kv: list[dict[str, np.ndarray]]
-    next_pos: int
-    stages: list[dict]
-    timings: dict
+    caches: list[list[backends.KVBuffer]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    next_pos: int = 0
+    stages: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
 
 
 class Pipeline:
     """A loaded export folder. Create with ``Pipeline.load``."""
 
-    def __init__(self, folder: Path, manifest: Manifest, sessions: dict[str, OrtSession], encoder: PromptEncoder):
-        self.folder, self.manifest, self.encoder = folder, manifest, encoder
-        self.vision, self.embed = sessions["vision"], sessions["embed"]
-        self.segments = [sessions[s.file] for s in manifest.segments]
-        p = manifest.pruning
-        self.config = PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=p.ratio, stride=p.stride, mode=p.mode)
-        self.stage_at: dict[int, Stage] = {s.layer: s for s in self.config.stages}
-        self.eos = set(manifest.tokens.eos)
-        # (past input, present output) names per segment, formatted once, not per step
-        self.kv_names = [[(t_past % layer, t_present % layer) for layer in range(*spec.layers)
-                          for t_past, t_present in ((spec.kv.past_key, spec.kv.present_key),
-                                                    (spec.kv.past_value, spec.kv.present_value))]
-                         for spec in manifest.segments]
-        self.dtype = np.float16 if manifest.precision == "fp16" else np.float32  # the graphs' float type
-        self._kv_bytes = 0
+    def __init__(self, folder: Path, manifest: Manifest, backend: backends.Backend, encoder: PromptEncoder):
+        self.folder, self.manifest, self.backend, self.encoder = folder, manifest, backend, encoder
+        m = manifest
+        self.vision = _open(backend, folder, m, m.vision)
+        self.embed = _open(backend, folder, m, m.embed)
+        p = m.pruning
+        self.params = rules.Params.from_ratio(p.ratio, p.stride, p.mode)
+        stage_at = {s.layer: (rules.get(s.rule), s.layer) for s in p.stages}
+        self.segments = [_segment(backend, folder, m, spec, stage_at.get(spec.layers[0])) for spec in m.segments]
+        self.eos = set(m.tokens.eos)
 
     @classmethod
-    def load(cls, folder: str | Path, provider: str = "cpu", verify: bool = True,
-             threads: int | None = None) -> Pipeline:
+    def load(cls, folder: str | Path, provider: str = "cpu", verify: bool = True, threads: int | None = None,
+             backend: backends.Backend | None = None) -> Pipeline:
         """Read ``folder/feather.json`` (checking every file's sha256 unless ``verify`` is
-        False) and open one session per graph. ``provider``: cpu, cuda or tensorrt."""
+        False) and open one session per graph on ``backend`` (default: ONNX Runtime with
+        ``provider`` cpu, cuda or tensorrt)."""
         folder = Path(folder)
         manifest = load_manifest(folder, verify=verify)
-        graphs = {"vision": manifest.vision, "embed": manifest.embed, **{s.file: s for s in manifest.segments}}
-        sessions = {key: _session(folder, manifest, g, provider, threads) for key, g in graphs.items()}
-        encoder = PromptEncoder(folder / manifest.tokenizer, manifest.prompt)
-        return cls(folder, manifest, sessions, encoder)
+        backend = backend or backends.get(provider, threads)
+        encoder = PromptEncoder(folder / manifest.tokenizer, manifest.prompt, manifest.max_seq)
+        return cls(folder, manifest, backend, encoder)
 
     # -- the hot path ---------------------------------------------------------------------
     def generate(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling(),
-                 on_token: Callable[[int, str], None] | None = None) -> Result:
-        """Answer ``prompt`` about ``image`` (path, PIL image or H x W x 3 uint8 array)."""
-        t0 = time.perf_counter()
-        ids, offset = self._inputs(prompt, max_new_tokens)
-        logits, run = self.prefill(image, ids, offset)
-        tokens, steps, rng = [], [logits], sampling.rng()
-        while True:
-            token = next_token(logits, sampling, rng)
+                 on_token: Callable[[int, str], None] | None = None,
+                 cancel: threading.Event | None = None) -> Result:
+        """Answer ``prompt`` about ``image`` (path, PIL image or H x W x 3 uint8 array).
+        ``on_token(id, piece)`` sees each token; a set ``cancel`` stops before the next step."""
+        run, tokens, steps = _Run(), [], []
+        for token, logits in self._tokens(image, prompt, max_new_tokens, sampling, run, cancel):
             tokens.append(token)
-            if len(tokens) == 1:
-                run.timings["ttft_s"] = time.perf_counter() - t0
-                t_decode = time.perf_counter()
+            steps.append(logits)
             if on_token is not None:
                 on_token(token, self.encoder.decode([token]))
-            if token in self.eos or len(tokens) >= max_new_tokens:
+        return self._result(run, tokens, steps)
+
+    def stream(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling(),
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        """Yield the answer's text as it grows (the pieces join to ``generate``'s text). Runs
+        in the caller's thread: leaving the loop early (break, an exception, Ctrl-C) stops
+        the generation at once, and nothing is left running."""
+        decoder = _Incremental(self.encoder)
+        for token, _ in self._tokens(image, prompt, max_new_tokens, sampling, _Run(), cancel):
+            if piece := decoder.add(token):
+                yield piece
+        if rest := decoder.flush():
+            yield rest
+
+    def _tokens(self, image, prompt, max_new_tokens, sampling, run: _Run, cancel) -> Iterator[tuple[int, np.ndarray]]:
+        """(token, the logits it was picked from) for each new token, prefill then decode."""
+        t0 = time.perf_counter()
+        ids, offset = self._inputs(prompt, max_new_tokens)
+        rng = sampling.rng()
+        logits = self.prefill(image, ids, offset, run, max_new_tokens)
+        for n in range(1, max_new_tokens + 1):
+            token = next_token(logits, sampling, rng)
+            if n == 1:
+                run.timings["ttft_s"] = time.perf_counter() - t0
+                t_decode = time.perf_counter()
+            run.timings["tokens"] = n
+            yield token, logits
+            if token in self.eos or n == max_new_tokens or (cancel is not None and cancel.is_set()):
                 break
             logits = self.decode_step(token, run)
-            steps.append(logits)
-        self._finish_timings(run.timings, t_decode, len(tokens))
-        self._kv_bytes = kv_bytes(run.kv)
-        return Result(tokens, self.encoder.decode(tokens), run.stages, run.timings, steps)
-
-    def stream(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling()) -> Iterator[str]:
-        """Yield the answer's text as it grows, one decoded piece per new token (runs
-        ``generate`` in a worker thread; the pieces join to ``generate``'s text)."""
-        import queue
-        import threading
-
-        pieces: queue.Queue = queue.Queue()
-        done = object()
-        error: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self._stream_into(pieces, image, prompt, max_new_tokens, sampling)
-            except BaseException as err:  # handed to the consumer, re-raised there
-                error.append(err)
-            finally:
-                pieces.put(done)
-
-        threading.Thread(target=work, daemon=True).start()
-        while (item := pieces.get()) is not done:
-            yield item
-        if error:
-            raise error[0]
-
-    def _stream_into(self, pieces, image, prompt, max_new_tokens, sampling) -> None:
-        tokens: list[int] = []
-        sent = ""
-
-        def on_token(token: int, _: str) -> None:
-            nonlocal sent
-            tokens.append(token)
-            text = self.encoder.decode(tokens)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                pieces.put(text[len(sent):])
-                sent = text
-
-        result = self.generate(image, prompt, max_new_tokens, sampling, on_token)
-        if result.text != sent:
-            pieces.put(result.text[len(sent):])
+        run.timings["decode_s"] = time.perf_counter() - t_decode
 
     def _inputs(self, prompt: str, max_new_tokens: int) -> tuple[np.ndarray, int]:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -160,90 +161,136 @@ class Pipeline:
             )
         return ids, offset
 
-    def prefill(self, image, ids: np.ndarray, offset: int) -> tuple[np.ndarray, _Run]:
-        """Vision, embeddings and every segment with pruning between them. -> logits [V], state."""
-        timings: dict = {}
+    def prefill(self, image, ids: np.ndarray, offset: int, run: _Run, max_new_tokens: int) -> np.ndarray:
+        """Vision, embeddings and every segment with pruning between them -> logits [V].
+        Allocates each segment's caches once, at that segment's length + ``max_new_tokens``."""
         t = time.perf_counter()
-        pixels = pixel_values(load_image(image), self.manifest.image).astype(self.dtype)  # [1, 3, H, W]
-        feats = self.vision.run({"pixel_values": pixels})["image_features"][0]  # [N, d]
-        timings["vision_s"] = time.perf_counter() - t
+        pixels = pixel_values(image, self.manifest.image).astype(DTYPES[self.manifest.vision.dtype])  # [1,3,H,W]
+        vision = self.manifest.vision
+        out = self.vision.run({vision.inputs["pixel_values"]: pixels}, [vision.outputs["image_features"]])
+        feats = self.backend.to_host(out[vision.outputs["image_features"]])[0]  # [N, d]
+        run.timings["vision_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        hidden = self.embed.run({"input_ids": ids[None]})["embeds"]  # [1, S, d]
+        embed = self.manifest.embed
+        out = self.embed.run({embed.inputs["input_ids"]: ids[None]}, [embed.outputs["embeds"]])
+        hidden = self.backend.to_host(out[embed.outputs["embeds"]]).copy()  # [1, S, d]
         hidden[0, offset : offset + len(feats)] = feats  # splice the image in
-        timings["embed_s"] = time.perf_counter() - t
-        run = _Run(kv=[], next_pos=len(ids), stages=[], timings=timings)
-        logits = self._prefill_segments(hidden, offset, feats, run)
-        return logits, run
+        run.timings["embed_s"] = time.perf_counter() - t
+        run.next_pos = len(ids)
+        return self._prefill_segments(hidden, offset, feats, run, max_new_tokens)
 
-    def _prefill_segments(self, hidden: np.ndarray, offset: int, feats: np.ndarray, run: _Run) -> np.ndarray:
+    def _prefill_segments(self, hidden, offset: int, feats: np.ndarray, run: _Run, max_new_tokens: int):
         pos = np.arange(hidden.shape[1], dtype=np.int64)  # original positions, kept through pruning
         current = np.arange(len(feats))  # original indices of the live image tokens
         score, seg_times = None, []
-        for i, (spec, session) in enumerate(zip(self.manifest.segments, self.segments)):
+        for seg in self.segments:
             t = time.perf_counter()
-            keep = np.arange(hidden.shape[1], dtype=np.int64)
-            stage = self.stage_at.get(spec.layers[0])
-            if stage is not None:
+            keep = np.arange(len(pos), dtype=np.int64)
+            if seg.stage is not None:
+                rule, layer = seg.stage
                 logits = None if score is None else score[0, :, offset : offset + len(current)]  # [H, n]
-                keep_local = select_stage(stage, self.config, current, self.manifest.dims.grid, logits, feats)
-                keep = sequence_keep_index(offset, len(current), keep_local, hidden.shape[1])
+                keep_local = rule.select(current, self.manifest.dims.grid, self.params, logits,
+                                         feats if rule.needs_features else None, layer)
+                keep = sequence_keep_index(offset, len(current), keep_local, len(pos))
                 current = current[keep_local]
-                run.stages.append({"layer": stage.layer, "kept": current.tolist()})
+                run.stages.append({"layer": layer, "kept": current.tolist()})
             pos = pos[keep]
-            out = session.run_values(self._feeds(i, hidden, keep, pos, None))
-            run.kv.append({present: out[present] for _, present in self.kv_names[i]})
-            hidden = out[spec.outputs.get("hidden", "logits")].numpy()
-            score = out["score"].numpy() if "score" in out else None
+            caches = self._allocate(seg, len(keep) + max_new_tokens - 1)
+            dummy = self._allocate(seg, 1)  # a prefill attends to no cache row; one masked row keeps shapes valid
+            out = self._run_segment(seg, hidden, keep, pos, 0, dummy)
+            for buf, name in zip(caches, seg.new):
+                buf.write(out[name], 0)
+            run.caches.append(caches)
+            run.lengths.append(len(keep))
+            hidden = out[seg.out]
+            score = self.backend.to_host(out[seg.score]) if seg.score else None
             seg_times.append(time.perf_counter() - t)
         run.timings["segments_s"] = seg_times
         run.timings["llm_prefill_s"] = sum(seg_times)
-        return hidden[0]  # the last segment's logits [V]
+        return self.backend.to_host(hidden)[0].astype(np.float32)  # the last segment's logits [V]
 
     def decode_step(self, token: int, run: _Run) -> np.ndarray:
-        """One new token through every segment; each attends to its own KV cache."""
-        hidden = self.embed.run({"input_ids": np.array([[token]], dtype=np.int64)})["embeds"]  # [1, 1, d]
+        """One new token through every segment; each reads its own cache buffers in place
+        and returns one new row per layer, written at that segment's live length."""
+        embed = self.manifest.embed
+        ids = np.array([[token]], dtype=np.int64)  # [1, 1]
+        out = self.embed.run({embed.inputs["input_ids"]: ids}, [embed.outputs["embeds"]])
+        hidden = out[embed.outputs["embeds"]]  # [1, 1, d], stays a backend value between graphs
         keep, pos = np.zeros(1, dtype=np.int64), np.array([run.next_pos], dtype=np.int64)
-        for i, (spec, session) in enumerate(zip(self.manifest.segments, self.segments)):
-            out = session.run_values(self._feeds(i, hidden, keep, pos, run.kv[i]))
-            run.kv[i] = {present: out[present] for _, present in self.kv_names[i]}
-            hidden = out[spec.outputs.get("hidden", "logits")]  # stays an OrtValue between segments
+        for i, seg in enumerate(self.segments):
+            out = self._run_segment(seg, hidden, keep, pos, run.lengths[i], run.caches[i])
+            for buf, name in zip(run.caches[i], seg.new):
+                buf.write(out[name], run.lengths[i])
+            run.lengths[i] += 1
+            hidden = out[seg.out]
         run.next_pos += 1
-        return hidden.numpy()[0]  # [V]
+        return self.backend.to_host(hidden)[0].astype(np.float32)  # [V]
 
-    def _feeds(self, i: int, hidden, keep, pos, kv: dict | None) -> dict:
-        """Inputs of segment ``i``: its past KV from ``kv``, or empty pasts for the prefill."""
-        feeds = {"hidden": hidden, "keep_index": keep, "position_ids": pos[None]}
-        if kv is None:
-            d = self.manifest.dims
-            empty = np.zeros((1, d.kv_heads, 0, d.head_dim), dtype=self.dtype)
-            feeds.update((past, empty) for past, _ in self.kv_names[i])
+    def _run_segment(self, seg: _Segment, hidden, keep, pos, past_len: int, caches) -> dict:
+        if isinstance(hidden, np.ndarray) and hidden.dtype != seg.dtype:
+            hidden = hidden.astype(seg.dtype)
+        feeds = {seg.feeds["hidden"]: hidden, seg.feeds["keep_index"]: keep,
+                 seg.feeds["position_ids"]: pos[None], seg.feeds["past_len"]: np.array([past_len], dtype=np.int64)}
+        feeds.update((name, buf.value) for name, buf in zip(seg.cache, caches))
+        outputs = [seg.out, *seg.new] + ([seg.score] if seg.score else [])
+        return seg.session.run(feeds, outputs)
+
+    def _allocate(self, seg: _Segment, capacity: int) -> list[backends.KVBuffer]:
+        d = self.manifest.dims
+        return [self.backend.kv_buffer((1, d.kv_heads, capacity, d.head_dim), seg.dtype) for _ in seg.cache]
+
+    def _result(self, run: _Run, tokens: list[int], steps: list[np.ndarray]) -> Result:
+        t = run.timings
+        n = t.pop("tokens", len(tokens))
+        t["decode_tokens_per_s"] = (n - 1) / t["decode_s"] if n > 1 and t.get("decode_s", 0) > 0 else None
+        kv = sum(buf.nbytes for caches in run.caches for buf in caches)
+        return Result(tokens, self.encoder.decode(tokens), run.stages, t, steps, kv, run.next_pos - len(tokens) + 1)
+
+
+class _Incremental:
+    """Incremental detokenization, O(1) work per token: decode only a window from the last
+    emitted boundary (the approach of HF's TextStreamer and vLLM's detokenizer), holding back
+    pieces that end inside a multi-byte character."""
+
+    def __init__(self, encoder: PromptEncoder):
+        self.encoder, self.tokens, self.start, self.sent = encoder, [], 0, ""
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.encoder.decode(self.tokens[self.start :])
+        if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            return ""
+        piece = text[len(self.sent) :]
+        if len(self.tokens) - self.start > 8 and piece:  # move the window; keep one token of context
+            self.start, self.sent = len(self.tokens) - 1, self.encoder.decode(self.tokens[-1:])
         else:
-            feeds.update((past, kv[present]) for past, present in self.kv_names[i])
-        return feeds
+            self.sent = text
+        return piece
 
-    @staticmethod
-    def _finish_timings(timings: dict, t_decode: float, n_tokens: int) -> None:
-        timings["decode_s"] = time.perf_counter() - t_decode
-        steps = n_tokens - 1
-        timings["decode_tokens_per_s"] = steps / timings["decode_s"] if steps and timings["decode_s"] > 0 else None
-
-    def kv_cache_bytes(self) -> int:
-        """Bytes the KV caches held at the end of the last ``generate``."""
-        return self._kv_bytes
+    def flush(self) -> str:
+        text = self.encoder.decode(self.tokens[self.start :])
+        return text[len(self.sent) :] if text.startswith(self.sent) else ""
 
 
-_ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2}
+def _open(backend: backends.Backend, folder: Path, manifest: Manifest, spec: GraphSpec) -> backends.Session:
+    """A session whose graph has every tensor the manifest names; one line otherwise."""
+    session = backend.open(manifest.path(folder, spec.file), spec, manifest)
+    names = list(spec.inputs.values()) + list(spec.outputs.values())
+    if spec.kv is not None:
+        names += [n for layer in range(*spec.layers) for n in spec.kv.names(layer)]
+    missing = [n for n in names if n not in session.input_names and n not in session.output_names]
+    if missing:
+        raise ManifestError(f"{spec.file}: the graph has no tensor {missing[0]!r} that feather.json names "
+                            f"({len(missing)} missing); the manifest does not describe this graph")
+    return session
 
 
-def kv_bytes(kv: list[dict]) -> int:
-    """Bytes held by per-segment KV caches (``OrtValue``s or numpy arrays)."""
-    total = 0
-    for cache in kv:
-        for v in cache.values():
-            total += v.nbytes if isinstance(v, np.ndarray) else int(np.prod(v.shape())) * _ITEMSIZE[v.data_type()]
-    return total
-
-
-def _session(folder: Path, manifest: Manifest, graph: GraphSpec, provider: str, threads) -> OrtSession:
-    trt = tensorrt_options(manifest, graph, folder / "trt-cache") if provider == "tensorrt" and graph.axes else None
-    return OrtSession(folder / graph.file, provider, threads, trt)
+def _segment(backend, folder: Path, manifest: Manifest, spec: GraphSpec, stage) -> _Segment:
+    names = [spec.kv.names(layer) for layer in range(*spec.layers)]  # (cache k, cache v, new k, new v)
+    return _Segment(
+        spec=spec, session=_open(backend, folder, manifest, spec), dtype=DTYPES[spec.dtype],
+        feeds={role: spec.inputs[role] for role in ("hidden", "keep_index", "position_ids", "past_len")},
+        out=spec.outputs.get("hidden") or spec.outputs["logits"], score=spec.outputs.get("score"),
+        cache=[n for ck, cv, _, _ in names for n in (ck, cv)], new=[n for _, _, nk, nv in names for n in (nk, nv)],
+        stage=stage,
+    )

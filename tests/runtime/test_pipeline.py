@@ -10,7 +10,7 @@ from feather.config import PruneConfig
 from feather.reference import Reference
 from feather.runtime import Pipeline
 from feather.runtime.check import compare
-from feather.runtime.pipeline import kv_bytes
+from feather.runtime.pipeline import _Run
 
 PROMPT = "What is in the image?"
 N = 16
@@ -69,17 +69,22 @@ def test_pruning_changes_the_answer(export_feather, export_none, sample_image):
 
 
 def test_kv_caches_hold_what_each_segment_kept(export_feather, sample_image):
+    """Each segment's cache is allocated once at (its prompt length + new tokens - 1) rows,
+    and its live length grows by one per decode step."""
     pipe = Pipeline.load(export_feather)
     ids, offset = pipe.encoder.encode(PROMPT)
-    _, run = pipe.prefill(sample_image, ids, offset)
+    run = _Run()
+    pipe.prefill(sample_image, ids, offset, run, max_new_tokens=4)
     text = len(ids) - 576
-    lengths = [kv["present.%d.key" % layer].numpy().shape[2] for kv, layer in zip(run.kv, (0, 8, 16))]
-    assert lengths == [text + 576, text + 236, text + 21]
+    assert run.lengths == [text + 576, text + 236, text + 21]
+    assert [bufs[0].array.shape[2] for bufs in run.caches] == [text + 579, text + 239, text + 24]
     pipe.decode_step(5, run)
-    assert run.kv[2]["present.16.key"].numpy().shape[2] == text + 22 and run.next_pos == len(ids) + 1
+    assert run.lengths == [text + 577, text + 237, text + 22] and run.next_pos == len(ids) + 1
     d = pipe.manifest.dims
-    expect = 2 * d.kv_heads * d.head_dim * 4 * 8 * ((text + 577) + (text + 237) + (text + 22))
-    assert kv_bytes(run.kv) == expect == sum(v.numpy().nbytes for kv in run.kv for v in kv.values())
+    expect = 2 * d.kv_heads * d.head_dim * 4 * 8 * ((text + 579) + (text + 239) + (text + 24))
+    assert sum(b.nbytes for bufs in run.caches for b in bufs) == expect
+    result = pipe.generate(sample_image, PROMPT, max_new_tokens=4)
+    assert result.kv_bytes == expect and result.prompt_tokens == len(ids)
 
 
 def test_one_pipeline_serves_many_calls_and_threads(export_feather, sample_image):
