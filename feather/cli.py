@@ -1,39 +1,117 @@
 """Pieces every CLI shares (torch-free): pruning options, sampling options, error handling.
 
-User errors (``FeatherError``) print one line on stderr and exit 1; anything else is a bug
-and keeps its traceback.
+User errors (``FeatherError``, and ``OSError``s from the file system such as a full disk)
+print one line on stderr and exit 1; an interrupt (Ctrl-C, SIGTERM, SIGHUP) prints one
+line and exits 128 + the signal number (130 for Ctrl-C); a closed stdout (``| head``)
+exits 1 quietly. Anything else is a bug and keeps its traceback. See docs/hardening.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from feather.config import CRITERIA, MODES, PruneConfig
-from feather.errors import FeatherError
+from feather.errors import ConfigError, FeatherError
 from feather.sampling import Sampling
 
 SAMPLE_IMAGE = Path(__file__).parent / "assets" / "sample.png"
 DEFAULT_PROMPT = "What is in this image?"
+DEFAULT_K = (8, 16)
+MAX_NEW_TOKENS = 1 << 20
+"""An upper bound for --max-new-tokens before the export's max_seq bounds it further."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C so that ``finally`` blocks
+    (an export's clean-up of its work folder) run before the process exits."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit 1, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space."""
+    return " ".join(str(text).split())
+
+
+def shown(path: object) -> str:
+    """A path as text safe to print: bytes that are not UTF-8 (argv surrogates) as \\xNN."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# ---------------------------------------------------------------- argument types
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"got {value}, expected an integer in {low}..{high}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (no inf, no nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a finite number")
+    return value
+
+
+finite_float.__name__ = "number"
+
+
+def max_threads() -> int:
+    """The most intra-op threads a CLI accepts: 4 per CPU core (more only oversubscribes)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- shared options
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
     """--criterion --K --ratio --stride --mode, defaulting to the paper's FEATHER run."""
     g = parser.add_argument_group("pruning (defaults: the paper's FEATHER run)")
     g.add_argument("--criterion", default="feather",
                    help=f"one of {', '.join(sorted(CRITERIA))} (default: %(default)s)")
-    g.add_argument("--K", type=int, nargs="+", default=[8, 16], metavar="K",
-                   help="pruning layers, ascending (default: 8 16)")
-    g.add_argument("--ratio", type=float, default=0.7, help="fraction of image tokens pruned, R (default: 0.7)")
-    g.add_argument("--stride", type=int, default=3, help="uniform grid stride s (default: 3)")
+    g.add_argument("--K", type=int_in(0, 1 << 16), nargs="+", default=None, metavar="K",
+                   help="pruning layers, ascending (default: 8 16; not with none or text_only)")
+    g.add_argument("--ratio", type=finite_float, default=0.7,
+                   help="fraction of image tokens pruned, R (default: 0.7)")
+    g.add_argument("--stride", type=int_in(1, 1 << 16), default=3, help="uniform grid stride s (default: 3)")
     g.add_argument("--mode", default="static", help=f"one of {', '.join(MODES)} (default: %(default)s)")
 
 
 def prune_config(args: argparse.Namespace) -> PruneConfig:
-    return PruneConfig(criterion=args.criterion, K=tuple(args.K), ratio=args.ratio, stride=args.stride,
-                       mode=args.mode)
+    """The ``PruneConfig`` of the parsed flags. ``--K`` given with a criterion that takes no
+    K list (``none`` prunes nothing; ``text_only`` always drops at 0) is refused rather than
+    silently ignored."""
+    crit = CRITERIA.get(args.criterion)
+    if args.K is not None and crit is not None and (not crit.rules or crit.fixed_k is not None):
+        raise ConfigError(f"K: criterion {args.criterion!r} takes no K list; drop --K")
+    k = DEFAULT_K if args.K is None else tuple(args.K)
+    return PruneConfig(criterion=args.criterion, K=k, ratio=args.ratio, stride=args.stride, mode=args.mode)
 
 
 def add_generation_args(parser: argparse.ArgumentParser, image_required: bool = False) -> None:
@@ -41,10 +119,10 @@ def add_generation_args(parser: argparse.ArgumentParser, image_required: bool = 
     g.add_argument("--image", default=None if image_required else str(SAMPLE_IMAGE), required=image_required,
                    help="image file (default: the bundled sample picture)")
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="question about the image (default: %(default)r)")
-    g.add_argument("--max-new-tokens", type=int, default=32, help="default: %(default)s")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-new-tokens", type=int_in(1, MAX_NEW_TOKENS), default=32, help="default: %(default)s")
+    g.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=finite_float, default=1.0)
+    g.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
 
 
 def sampling(args: argparse.Namespace) -> Sampling:
@@ -52,24 +130,78 @@ def sampling(args: argparse.Namespace) -> Sampling:
 
 
 def _quiet_transformers() -> None:
-    """CLIs show our own progress only: no transformers advisories or weight-loading bars
-    (set before transformers is imported; a user's explicit setting wins)."""
-    import os
-
+    """CLIs show our own progress only: no transformers advisories or weight-loading bars,
+    and HF ids resolve from the local cache only (no 35 s of retries and hub log lines
+    when offline). Set before transformers is imported; a user's explicit setting wins."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ---------------------------------------------------------------- running a CLI
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> dict:
+    """SIGTERM and SIGHUP raise ``Interrupted`` in the main thread (SIGINT already raises
+    ``KeyboardInterrupt``); returns the previous handlers. A no-op off the main thread."""
+    old = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            old[signum] = signal.signal(signum, _raise_interrupted)
+        except ValueError:  # not the main thread: leave the process's handlers alone
+            break
+    return old
+
+
+def _restore_signal_handlers(old: dict) -> None:
+    for signum, handler in old.items():
+        signal.signal(signum, handler)
+
+
+def _stdout_closed() -> int:
+    """stdout's reader went away (``| head``): point stdout at /dev/null so the interpreter's
+    final flush cannot raise again, and exit 1 without a word."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 1
 
 
 def run(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv) -> int:
-    """Parse ``argv`` and run ``body``; a ``FeatherError`` becomes one line and exit 1."""
-    args = parser.parse_args(argv)
-    _quiet_transformers()
+    """Parse ``argv`` and run ``body``; user errors become one line (see the module doc)."""
+    old = install_signal_handlers()
     try:
-        return body(args)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help, or a bad flag (one line already printed)
+            return done.code if isinstance(done.code, int) else 1
+        _quiet_transformers()
+        code = body(args)
+        sys.stdout.flush()
+        return code
     except FeatherError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+    except OSError as err:
+        if err.errno is None:
+            raise
+        where = f"{shown(err.filename)}: " if err.filename else ""
+        print(f"{parser.prog}: error: {where}{one_line(err.strerror or err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"{parser.prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        _restore_signal_handlers(old)

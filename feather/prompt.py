@@ -24,12 +24,27 @@ def template_from_processor(processor) -> str:
 def render(template: str, prompt: str, image_token: str = "<image>") -> str:
     """Fill ``template`` with the user's question (str.replace: braces in prompts are text).
 
-    Raises ``InputError`` for an empty prompt or one that brings its own image token (the
-    model takes exactly one image, and the template already places it)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("prompt: empty; expected a question about the image")
+    Raises ``InputError`` for a prompt that is not a str, is empty, is not valid Unicode
+    (lone surrogates: bytes that were not UTF-8 on the command line), or brings its own image
+    token (the model takes exactly one image, and the template already places it)."""
+    check_prompt(prompt)
     if image_token in prompt:
         raise InputError(
             f"prompt: contains {image_token!r}; the template already places the one image this model takes"
         )
     return template.replace("{prompt}", prompt)
+
+
+def check_prompt(prompt: object) -> str:
+    """``prompt`` if it is a non-empty str that encodes as UTF-8; else ``InputError``."""
+    if not isinstance(prompt, str):
+        raise InputError(f"prompt: expected str, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InputError("prompt: empty; expected a question about the image")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        cp = ord(prompt[err.start])
+        what = f"byte 0x{cp - 0xDC00:02x}" if 0xDC80 <= cp <= 0xDCFF else f"lone surrogate U+{cp:04X}"
+        raise InputError(f"prompt: not valid UTF-8 text ({what} at character {err.start})") from None
+    return prompt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +19,22 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0.0:
-            raise ConfigError(f"temperature: got {self.temperature}, expected a number >= 0")
+        _check_number("temperature", self.temperature)
+        if not 0.0 <= self.temperature < math.inf:
+            raise ConfigError(f"temperature: got {self.temperature}, expected a finite number >= 0")
+        _check_number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p: got {self.top_p}, expected a number in (0, 1]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed: got {self.seed!r}, expected an integer in 0..2**63-1")
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
+
+
+def _check_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{name}: got {value!r}, expected a number")
 
 
 def next_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:

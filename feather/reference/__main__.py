@@ -10,7 +10,7 @@ from feather.hf.checkpoint import DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m feather.reference",
         description="Run FEATHER on a HF LLaVA checkpoint in PyTorch (the reference every graph is checked against).",
     )
