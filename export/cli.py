@@ -10,7 +10,7 @@ from feather.hf.checkpoint import DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="feather-export",
         description="Export a HF LLaVA checkpoint with FEATHER pruning into a chain of ONNX graphs "
         "whose token count shrinks from segment to segment.",
@@ -20,25 +20,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", default="feather-export", help="output folder (default: %(default)s)")
     cli.add_prune_args(parser)
     parser.add_argument("--precision", default="fp32", help="fp32 or fp16 (default: %(default)s)")
-    parser.add_argument("--max-seq", type=int, default=2048, help="longest prompt + answer (default: %(default)s)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
-    parser.add_argument("--max-graph-layers", type=int, default=None, metavar="N",
+    parser.add_argument("--max-seq", type=cli.int_in(16, 1 << 20), default=2048,
+                        help="longest prompt + answer (default: %(default)s)")
+    parser.add_argument("--opset", type=cli.int_in(17, 21), default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--max-graph-layers", type=cli.int_in(1, 1 << 16), default=None, metavar="N",
                         help="at most N decoder layers per graph (bounds export memory; 8 for 7B)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing export folder (one with feather.json; nothing else)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return parser
 
 
 def _body(args: argparse.Namespace) -> int:
-    config = cli.prune_config(args)  # fail on bad options before importing torch (~1 s)
-    from feather.export.api import export
+    from feather.export import api  # torch-free until a model loads
 
+    # every flag and the output folder are checked before torch is imported (~4 s, 200 MB)
+    config = cli.prune_config(args)
+    api.check_options(args.precision, args.max_seq, args.opset, args.max_graph_layers)
+    api.check_output(args.output, args.overwrite, args.model)
     start = time.perf_counter()
-    out = export(model=args.model, config=config, output=args.output, precision=args.precision,
+    out = api.export(model=args.model, config=config, output=args.output, precision=args.precision,
                  max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet,
                  max_graph_layers=args.max_graph_layers)
     if not args.quiet:
-        print(f"exported {args.model} -> {out} in {time.perf_counter() - start:.1f} s")
+        print(f"exported {cli.shown(args.model)} -> {cli.shown(out)} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
