@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import warnings
+
+from PIL import Image
 
 from feather import cli
+from feather.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="feather-run", description="Run an exported FEATHER chain (ONNX Runtime; no torch needed)."
     )
     parser.add_argument("folder", help="export folder written by feather-export")
     cli.add_generation_args(parser)
     parser.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per graph")
-    parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    parser.add_argument("--threads", type=cli.int_in(1, cli.max_threads()), default=None,
+                        help=f"intra-op threads per graph, 1..{cli.max_threads()} (4 per core)")
+    parser.add_argument("--stream", action="store_true",
+                        help="print the answer as it is generated (with --json: one JSON line per piece)")
     parser.add_argument("--json", action="store_true", help="print tokens, text, kept indices and timings as JSON")
     parser.add_argument("--check", action="store_true",
                         help="compare with the PyTorch reference on the source checkpoint (needs [export])")
@@ -26,17 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """What argparse cannot say: empty paths and flags that do nothing together."""
+    if not args.folder.strip():
+        raise InputError("folder: empty path; expected an export folder")
+    if not args.image:
+        raise InputError("image: empty path; expected an image file")
+    if args.check and args.stream:
+        raise InputError("--check and --stream: pick one (--check compares a whole answer)")
+
+
 def _body(args: argparse.Namespace) -> int:
+    _check_args(args)
+    sampling = cli.sampling(args)
+    # we refuse images over 64 MP ourselves; Pillow's own warning would be a second line
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     from feather.runtime import Pipeline
 
     pipe = Pipeline.load(args.folder, provider=args.provider, threads=args.threads)
-    sampling = cli.sampling(args)
     if args.check:
         return _check(pipe, args)
-    if args.stream and not args.json:
-        for piece in pipe.stream(args.image, args.prompt, args.max_new_tokens, sampling):
-            print(piece, end="", flush=True)
-        print()
+    if args.stream:
+        printer = _Printer(pipe, args.json)
+        result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling, on_token=printer)
+        printer.finish(result.text)
+        if args.json:
+            print(json.dumps(result.to_json()), flush=True)
+        else:
+            print(flush=True)
         return 0
     result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling)
     if args.json:
@@ -48,13 +72,45 @@ def _body(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Printer:
+    """``on_token`` for --stream: prints each new piece of the answer as it is decoded, in
+    the main thread (so Ctrl-C and a closed stdout land here, not in a worker thread).
+    Pieces are the growing text's new characters; a token that ends inside a multi-byte
+    character waits for the rest. With ``as_json``: ``{"piece": ..., "token": ...}`` lines."""
+
+    def __init__(self, pipe, as_json: bool):
+        self.pipe, self.as_json, self.tokens, self.sent = pipe, as_json, [], ""
+
+    def __call__(self, token: int, _piece: str) -> None:
+        self.tokens.append(token)
+        text = self.pipe.encoder.decode(self.tokens)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            self._emit(text, token)
+
+    def finish(self, text: str) -> None:
+        """Print what is left of the final ``text`` (a character cut short at the end)."""
+        self._emit(text, None)
+
+    def _emit(self, text: str, token: int | None) -> None:
+        piece, self.sent = text[len(self.sent):], text
+        if not piece:
+            return
+        if self.as_json:
+            print(json.dumps({"piece": piece, "token": token}), flush=True)
+        else:
+            print(piece, end="", flush=True)
+
+
 def _check(pipe, args) -> int:
     from feather.runtime.check import check
 
     result, report = check(pipe, args.image, args.prompt, args.max_new_tokens, args.model)
-    print(result.text)
-    for line in report.lines():
-        print(line, file=sys.stderr)
+    if args.json:
+        print(json.dumps({**result.to_json(), "check": {**dataclasses.asdict(report), "ok": report.ok}}))
+    else:
+        print(result.text)
+        for line in report.lines():
+            print(line, file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from PIL import Image, ImageOps
 from tokenizers import Tokenizer
 
 from feather.errors import InputError, ManifestError
-from feather.prompt import render
+from feather.prompt import check_prompt, render
 
 if TYPE_CHECKING:
     from feather.manifest import ImageSpec, PromptSpec
@@ -35,6 +36,19 @@ RESAMPLE = {
 """``ImageSpec.resample`` names -> Pillow filters (transformers resizes with Pillow too)."""
 
 _ARRAY_SHAPE_ERROR = "image array: expected uint8 H x W x 3, got {} {}"
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""The largest image accepted, in pixels (64 MP; a 256 MB RGBA decode). Files are checked
+from their header, before decoding; arrays and PIL images by their shape."""
+
+EXACT_RESIZE_PIXELS = 1 << 22
+"""Up to this many resized pixels (4 MP) the image is resized whole, then center-cropped,
+bit-identical to transformers. Beyond it (extreme aspect ratios: a 5000 x 1 strip would
+resize to 1,680,000 x 336) only the crop window is resampled, which keeps memory at the
+crop size and differs from the whole resize by float rounding only (docs/hardening.md)."""
+
+DEFAULT_MAX_SEQ = 32768
+"""``PromptEncoder``'s token bound when it is not given the export's ``max_seq``."""
 
 
 def load_image(image) -> Image.Image:
@@ -64,43 +78,72 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def _open(image) -> Image.Image:
     if isinstance(image, Image.Image):
         img, name = image, "image"
+        _check_size(name, img.width, img.height)
     elif isinstance(image, np.ndarray):
         img, name = _from_array(image), "image array"
     elif isinstance(image, (str, os.PathLike)):
-        img, name = _read_file(Path(image)), str(image)
+        img, name = _read_file(image), _shown(image)
     else:
         raise InputError(
             f"image: expected a path, a PIL image or a uint8 numpy array, got {type(image).__name__}"
         )
-    _check_not_empty(name, img.width, img.height)
     return img
 
 
-def _check_not_empty(name: str, width: int, height: int) -> None:
+def _check_size(name: str, width: int, height: int) -> None:
     if width == 0 or height == 0:
         raise InputError(f"{name}: zero size ({width} x {height}); expected a non-empty image")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{name}: {width} x {height} pixels; at most {MAX_IMAGE_PIXELS:,} pixels (64 MP) accepted")
+
+
+def _shown(path) -> str:
+    """A path as printable text (bytes that are not UTF-8 as \\xNN)."""
+    text = os.fsdecode(path)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
     ok_shape = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))
     if arr.dtype != np.uint8 or not ok_shape:
         raise InputError(_ARRAY_SHAPE_ERROR.format(arr.dtype, arr.shape))
-    _check_not_empty("image array", arr.shape[1], arr.shape[0])
+    _check_size("image array", arr.shape[1], arr.shape[0])
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     return Image.fromarray(np.ascontiguousarray(arr))  # L, RGB or RGBA from the shape
 
 
-def _read_file(path: Path) -> Image.Image:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
+def _read_file(image) -> Image.Image:
+    """Open a regular file without ever blocking (O_NONBLOCK: a FIFO or device is refused,
+    not waited on), check its size from the header, then decode."""
+    name = _shown(image)
+    if os.fspath(image) in ("", b""):
+        raise InputError("image: empty path; expected an image file")
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: truncated files fail here, not later
-            return ImageOps.exif_transpose(img)  # a copy, detached from the file
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
-        raise InputError(f"{path}: cannot read image ({reason})") from e
+        fd = os.open(image, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise InputError(f"{name}: cannot open ({_reason(e)})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise InputError(f"{name}: is {kind}; expected an image file")
+    with open(fd, "rb") as f:
+        try:
+            with Image.open(f) as img:
+                _check_size(name, img.width, img.height)  # from the header, before decoding
+                img.load()  # decode now: truncated files fail here, not later
+                return ImageOps.exif_transpose(img)  # a copy, detached from the file
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise InputError(f"{name}: cannot read image ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def resize_size(height: int, width: int, spec: ImageSpec) -> tuple[int, int]:
@@ -131,6 +174,33 @@ def center_crop(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     return canvas[max(0, top) : min(new_h, top + height), max(0, left) : min(new_w, left + width)]
 
 
+def _resize_crop_window(img: Image.Image, height: int, width: int, crop_h: int, crop_w: int,
+                        resample) -> np.ndarray:
+    """What resizing ``img`` to ``height x width`` and then cropping the centre
+    ``crop_h x crop_w`` gives, computed on the crop window only, so no height x width array
+    is ever made. -> [min(height, crop_h), min(width, crop_w), 3] uint8.
+
+    Pillow resizes in two passes, horizontal then vertical; so does this, each pass with a
+    ``box`` (a source rectangle resampled at the same scale, filter taps outside it
+    included) and on the source rows the window reads plus a filter margin. Axes smaller
+    than the crop stay whole (the crop pads them afterwards). Box corners are float32 in
+    Pillow, so pixels may differ from the whole resize by one level."""
+    sy, sx = img.height / height, img.width / width  # source pixels per resized pixel
+    top, left = max(0, (height - crop_h) // 2), max(0, (width - crop_w) // 2)
+    out_h, out_w = min(height, crop_h), min(width, crop_w)
+    y0, y1 = top * sy, (top + out_h) * sy
+    margin = math.ceil(_MAX_SUPPORT * max(sy, 1.0)) + 2  # rows the vertical filter reaches past the window
+    r0, r1 = max(0, math.floor(y0) - margin), min(img.height, math.ceil(y1) + margin)
+    strip = img.crop((0, r0, img.width, r1))  # [r1 - r0, w] source rows
+    strip = strip.resize((out_w, r1 - r0), resample=resample, box=(left * sx, 0, (left + out_w) * sx, r1 - r0))
+    out = strip.resize((out_w, out_h), resample=resample, box=(0, y0 - r0, out_w, y1 - r0))
+    return np.asarray(out)
+
+
+_MAX_SUPPORT = 3.0
+"""The widest Pillow filter's support in pixels at scale 1 (Lanczos)."""
+
+
 def _resample(name: str) -> Image.Resampling:
     if name not in RESAMPLE:
         raise ManifestError(f"image.resample: {name!r}; expected one of {', '.join(RESAMPLE)}")
@@ -148,7 +218,14 @@ def pixel_values(image, spec: ImageSpec) -> np.ndarray:
     elif img.mode != "RGB":
         raise InputError(f"image: mode {img.mode}; this model's preprocessing takes RGB images only")
     height, width = resize_size(img.height, img.width, spec)
-    arr = np.asarray(img.resize((width, height), resample=_resample(spec.resample)))  # [h, w, 3] uint8
+    resample = _resample(spec.resample)
+    if spec.center_crop and height * width > EXACT_RESIZE_PIXELS:
+        arr = _resize_crop_window(img, height, width, int(spec.size[0]), int(spec.size[1]), resample)
+    elif height * width > EXACT_RESIZE_PIXELS:
+        raise InputError(f"image: {img.width} x {img.height} resizes to {width} x {height} pixels; "
+                         f"at most {EXACT_RESIZE_PIXELS:,} without a center crop")
+    else:
+        arr = np.asarray(img.resize((width, height), resample=resample))  # [h, w, 3] uint8
     if spec.center_crop:
         arr = center_crop(arr, int(spec.size[0]), int(spec.size[1]))  # [H, W, 3]
     x = (arr.transpose(2, 0, 1).astype(np.float64) * spec.rescale_factor).astype(np.float32)  # [3, H, W]
@@ -162,13 +239,16 @@ def pixel_values(image, spec: ImageSpec) -> np.ndarray:
 class PromptEncoder:
     """Turns a user's question into the chain's input ids, image placeholder expanded.
 
-    ``tokenizer_path`` is the manifest folder's tokenizer.json; ``spec`` its ``PromptSpec``.
+    ``tokenizer_path`` is the manifest folder's tokenizer.json; ``spec`` its ``PromptSpec``;
+    ``max_seq`` the export's longest sequence (``DEFAULT_MAX_SEQ`` when not given), which
+    bounds the prompt's length in characters before anything is tokenized.
     """
 
-    def __init__(self, tokenizer_path: str | os.PathLike, spec: PromptSpec):
+    def __init__(self, tokenizer_path: str | os.PathLike, spec: PromptSpec, max_seq: int | None = None):
         """Load the tokenizer and check that it knows ``spec.image_token`` as ``image_token_id``."""
         self.spec = spec
         self.tokenizer = _load_tokenizer(Path(tokenizer_path))
+        self.max_chars = max_prompt_chars(self.tokenizer, max_seq or DEFAULT_MAX_SEQ)
         found = self.tokenizer.token_to_id(spec.image_token)
         if found != spec.image_token_id:
             raise ManifestError(
@@ -178,12 +258,17 @@ class PromptEncoder:
 
     def encode(self, prompt: str) -> tuple[np.ndarray, int]:
         """Input ids int64 [S] for ``prompt`` in the template, and the offset of the first of
-        the ``n_image_tokens`` image tokens. ``InputError`` for an empty prompt or one that
-        contains the image token.
+        the ``n_image_tokens`` image tokens. ``InputError`` for a prompt that is not a str,
+        is empty, is not valid UTF-8, contains the image token, or is longer than
+        ``max_chars`` (it could not fit in ``max_seq`` tokens; refused before tokenizing).
 
         The processor expands the image token in the text before tokenizing; the image token
         is a special added token, so encoding the expanded text gives its ids exactly."""
         spec = self.spec
+        check_prompt(prompt)
+        if len(prompt) > self.max_chars:
+            raise InputError(f"prompt: {len(prompt):,} characters; it cannot fit the export's token limit "
+                             f"(at most {self.max_chars:,} characters)")
         text = render(spec.template, prompt, spec.image_token)
         text = text.replace(spec.image_token, spec.image_token * spec.n_image_tokens)
         enc = self.tokenizer.encode(text, add_special_tokens=spec.add_special_tokens)
@@ -199,6 +284,21 @@ class PromptEncoder:
     def decode(self, ids) -> str:
         """Text of ``ids`` (any int sequence or array), special tokens skipped."""
         return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
+
+
+def max_prompt_chars(tokenizer: Tokenizer, max_seq: int) -> int:
+    """The longest prompt, in characters, that could still fit in ``max_seq`` tokens.
+
+    Each token covers at most ``longest`` characters, ``longest`` being the longest entry
+    of the vocabulary, added tokens included (byte-level BPE spells a token with one
+    character per byte, so the count bounds its characters; Metaspace spells a space as one
+    ``\u2581``). A normalizer that composes (NFC, NFKC) can fold up to 4 characters into
+    one (U+1F82 is alpha plus 3 marks), so the bound is then 4 times larger. A prompt over
+    ``max_seq * longest * fold`` characters therefore needs over ``max_seq`` tokens."""
+    longest = max((len(t) for t in tokenizer.get_vocab(with_added_tokens=True)), default=1)
+    normalizer = "" if tokenizer.normalizer is None else str(tokenizer.normalizer.__getstate__())
+    fold = 4 if '"NFC"' in normalizer or '"NFKC"' in normalizer else 1
+    return max_seq * max(longest, 1) * fold
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:

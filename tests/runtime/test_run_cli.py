@@ -15,7 +15,7 @@ from feather.runtime.cli import main
 def test_json_has_the_reference_shape_plus_timings(export_feather, capsys):
     assert main([str(export_feather), "--max-new-tokens", "5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"tokens", "text", "stages", "timings"} and len(out["tokens"]) == 5
+    assert {"tokens", "text", "stages", "timings"} <= set(out) and len(out["tokens"]) == 5
     assert [(s["layer"], len(s["kept"])) for s in out["stages"]] == [(8, 236), (16, 21)]
     from feather.reference.__main__ import main as ref_main
 
