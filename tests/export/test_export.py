@@ -50,11 +50,11 @@ def test_defaults_manifest_plan(export_feather):
 
 
 def _expected_io(start: int, end: int, final: bool, score: bool) -> tuple[list[str], list[str]]:
-    inputs = ["hidden", "keep_index", "position_ids"]
+    inputs = ["hidden", "keep_index", "position_ids", "past_len"]
     outputs = ["logits" if final else "hidden_out"]
     for i in range(start, end):
-        inputs += [f"past.{i}.key", f"past.{i}.value"]
-        outputs += [f"present.{i}.key", f"present.{i}.value"]
+        inputs += [f"cache.{i}.key", f"cache.{i}.value"]
+        outputs += [f"new.{i}.key", f"new.{i}.value"]
     return inputs, outputs + (["score"] if score else [])
 
 
@@ -65,7 +65,7 @@ def test_segment_tensor_names_follow_the_templates(export_feather):
         assert [v.name for v in model.graph.input] == inputs, seg.file
         assert [v.name for v in model.graph.output] == outputs, seg.file
         assert set(seg.outputs.values()) <= set(outputs) and set(seg.inputs.values()) <= set(inputs)
-        assert seg.kv.names(seg.layers[0]) == tuple(inputs[3:5] + outputs[1:3])
+        assert seg.kv.names(seg.layers[0]) == tuple(inputs[4:6] + outputs[1:3])
 
 
 def test_no_generated_tensor_names_in_any_graph_interface(export_feather):
@@ -81,8 +81,9 @@ def test_dynamic_axes_are_symbolic(export_feather):
     outs = {v.name: _dims(v) for v in model.graph.output}
     assert ins["hidden"] == [1, "seq_in", 64]
     assert ins["keep_index"] == ["seq"] and ins["position_ids"] == [1, "seq"]
-    assert ins["past.8.key"] == ins["past.15.value"] == [1, 2, "past", 16]
-    assert outs["present.8.key"] == outs["present.15.value"] == [1, 2, "total", 16]
+    assert ins["cache.8.key"] == ins["cache.15.value"] == [1, 2, "cache", 16]
+    assert ins["past_len"] == [1]
+    assert outs["new.8.key"] == outs["new.15.value"] == [1, 2, "seq", 16]
     assert outs["hidden_out"][1:] == ["seq", 64] and outs["score"][-1] == "seq"
     assert _dims(_graph(export_feather, "embed.onnx").graph.input[0]) == [1, "seq"]
     assert _dims(_graph(export_feather, "vision.onnx").graph.output[0]) == [1, 576, 64]
@@ -159,7 +160,7 @@ def _set(data: dict, path: list, value) -> None:
     (["pruning", "stages", 1, "extra"], 1, r"pruning\.stages\[1\]\.extra: unknown key"),
     (["segments", 1, "inputs", "hidden"], 3, r"segments\[1\]\.inputs\.hidden: expected str, got int"),
     (["dims", "hidden"], "64", r"dims\.hidden: expected int, got str"),
-    (["schema_version"], 2, r"schema_version: 2 is newer than this feather-vlm reads"),
+    (["schema_version"], 3, r"schema_version: 3 is newer than this feather-vlm reads"),
 ])
 def test_edited_manifest_is_refused_with_its_path(export_feather, tmp_path, path, value, message):
     data = json.loads((export_feather / MANIFEST_NAME).read_text())
@@ -189,6 +190,52 @@ def test_unique_operator_is_refused(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(ValidationError, match=r"uniq\.onnx: operators Unique are not allowed"):
         onnx_io.check_graph(path)
+
+
+def _one_node_graph(tmp_path, domain: str, op: str):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(helper.make_graph([helper.make_node(op, ["x"], ["y"], domain=domain)], "g", [x], [y]),
+                              opset_imports=opsets)
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_allow_list_is_per_target(tmp_path, export_feather):
+    """Portable graphs (TensorRT) take standard ops only; the onnxruntime target may use ONNX
+    Runtime's com.microsoft operators. The default export is portable and says so."""
+    assert load_manifest(export_feather).target == "portable"
+    fused = _one_node_graph(tmp_path, "com.microsoft", "FusedGelu")
+    with pytest.raises(ValidationError, match=r"operators com\.microsoft\.FusedGelu are not allowed for target "
+                                              r"portable"):
+        onnx_io.check_graph(fused, "portable")
+    with pytest.raises(ValidationError, match=r"operators com\.foo\.Relu are not allowed for target onnxruntime"):
+        onnx_io.check_graph(_one_node_graph(tmp_path, "com.foo", "Relu"), "onnxruntime")
+    with pytest.raises(ValidationError, match=r"target: got 'tpu'"):
+        onnx_io.check_graph(fused, "tpu")
+
+
+def test_segments_never_concatenate_or_copy_the_cache(export_feather, export_qwen_feather):
+    """The cache inputs feed only matmuls (through a transpose for K): no Concat, Expand,
+    Tile or Reshape ever takes a cache tensor, so a decode step never copies a whole cache."""
+    for folder in (export_feather, export_qwen_feather):
+        for seg in load_manifest(folder).segments:
+            graph = _graph(folder, seg.file).graph
+            caches = {n for layer in range(*seg.layers) for n in seg.kv.names(layer)[:2]}
+            consumers = {}
+            for node in graph.node:
+                for name in node.input:
+                    if name in caches:
+                        consumers.setdefault(node.op_type, 0)
+                        consumers[node.op_type] += 1
+            assert set(consumers) <= {"MatMul", "Transpose", "Shape"}, (seg.file, consumers)
+            transposed = {o for node in graph.node if node.op_type == "Transpose" and node.input[0] in caches
+                          for o in node.output}
+            for node in graph.node:  # a transposed cache feeds a MatMul and nothing else
+                assert not (set(node.input) & transposed) or node.op_type == "MatMul", (seg.file, node.op_type)
+            assert not [n for n in graph.node if n.op_type == "Concat" and set(n.input) & (caches | transposed)]
 
 
 def test_tiny_export_is_small(export_feather):
