@@ -1,0 +1,85 @@
+"""feather-serve: an OpenAI-compatible HTTP server for one export folder, or (with
+``--triton-repo``) a Triton Inference Server model repository for it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from feather import cli
+from feather.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feather-serve",
+        description="Serve an exported FEATHER chain over HTTP (OpenAI /v1/chat/completions), "
+                    "or write a Triton model repository for it (--triton-repo).")
+    parser.add_argument("folder", help="export folder written by feather-export")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    parser.add_argument("--max-concurrency", type=int, default=1,
+                        help="generations running at once (default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=16,
+                        help="requests waiting for a slot; more get 429 (default: %(default)s)")
+    parser.add_argument("--api-key", default=os.environ.get("FEATHER_API_KEY"),
+                        help="require Authorization: Bearer KEY on /v1/* (default: $FEATHER_API_KEY, else none)")
+    parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: %(default)s)")
+    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                        help="largest image, width x height (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=128, dest="default_max_tokens",
+                        help="max_tokens when a request gives none (default: %(default)s)")
+    parser.add_argument("--served-model-name", default=None, help="model id clients use (default: the folder's name)")
+    parser.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per graph")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default: %(default)s)")
+    g = parser.add_argument_group("Triton model repository (writes files and exits; serves nothing)")
+    g.add_argument("--triton-repo", metavar="DIR", default=None, help="write a Triton model repository into DIR")
+    g.add_argument("--triton-name", default="feather", help="model name in the repository (default: %(default)s)")
+    g.add_argument("--triton-instances", type=int, default=1, help="instances per device (default: %(default)s)")
+    g.add_argument("--triton-kind", choices=["cpu", "gpu"], default="cpu", help="instance kind (default: %(default)s)")
+    g.add_argument("--triton-copy", action="store_true",
+                   help="copy the export into the repository (default: refer to it by absolute path)")
+    return parser
+
+
+def _body(args: argparse.Namespace) -> int:
+    if args.triton_repo is not None:
+        return _triton(args)
+    for name in ("max_concurrency", "port", "max_image_pixels", "default_max_tokens"):
+        if getattr(args, name) < (0 if name == "port" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')}: got {getattr(args, name)}, expected a positive integer")
+    if args.max_queue < 0 or args.max_body_mb <= 0:
+        raise ConfigError("--max-queue must be >= 0 and --max-body-mb > 0")
+    import uvicorn
+
+    from feather.runtime import Pipeline
+    from feather.serve.app import create_app
+    from feather.serve.protocol import Limits
+
+    pipe = Pipeline.load(args.folder, provider=args.provider, threads=args.threads)
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_image_pixels=args.max_image_pixels,
+                    default_max_tokens=args.default_max_tokens)
+    name = args.served_model_name or Path(args.folder).resolve().name
+    app = create_app(pipe, name, limits, args.max_concurrency, args.max_queue, args.api_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    from feather.serve.triton import write_repository
+
+    path = write_repository(args.folder, args.triton_repo, name=args.triton_name, instances=args.triton_instances,
+                            kind=args.triton_kind, provider=args.provider, threads=args.threads,
+                            copy=args.triton_copy)
+    print(f"wrote {path}; serve it with: tritonserver --model-repository {Path(args.triton_repo).resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
