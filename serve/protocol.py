@@ -141,10 +141,12 @@ def decode_image(url: str, max_pixels: int) -> Image.Image:
         data = base64.b64decode(url[match.end():], validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "image_url: data URI payload is not valid base64", "messages") from None
-    return _open_image(data, max_pixels)
+    return open_image_bytes(data, max_pixels)
 
 
-def _open_image(data: bytes, max_pixels: int) -> Image.Image:
+def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
+    """Encoded image bytes (PNG, JPEG, ...) -> a decoded ``PIL.Image``, EXIF-transposed. The pixel
+    count is read from the header and checked before the pixels are decoded."""
     try:
         img = Image.open(io.BytesIO(data))  # lazy: reads the header only
         if img.width * img.height > max_pixels:
