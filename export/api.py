@@ -224,7 +224,8 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 
 def _shown(path) -> str:
-    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no newline splits the line
 
 
 def _make_parents(folder: Path, created: list[Path]) -> None:

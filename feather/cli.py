@@ -50,7 +50,8 @@ def one_line(text: object) -> str:
 
 def shown(path: object) -> str:
     """A path as text safe to print: bytes that are not UTF-8 (argv surrogates) as \\xNN."""
-    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no newline splits the line
 
 
 # ---------------------------------------------------------------- argument types

@@ -99,8 +99,8 @@ def _check_size(name: str, width: int, height: int) -> None:
 
 def _shown(path) -> str:
     """A path as printable text (bytes that are not UTF-8 as \\xNN)."""
-    text = os.fsdecode(path)
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no newline splits the line
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
@@ -136,11 +136,17 @@ def _read_file(image) -> Image.Image:
                 _check_size(name, img.width, img.height)  # from the header, before decoding
                 img.load()  # decode now: truncated files fail here, not later
                 return ImageOps.exif_transpose(img)  # a copy, detached from the file
+        except InputError:
+            raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise InputError(f"{name}: cannot read image ({_reason(e)})") from None
 
 
 def _reason(e: BaseException) -> str:
+    if isinstance(e, Image.DecompressionBombError):  # Pillow's own limit, above ours
+        return f"it declares over {MAX_IMAGE_PIXELS:,} pixels, the most accepted"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not an image format Pillow can read"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return " ".join(f"{type(e).__name__}: {e}".split())
