@@ -76,7 +76,8 @@ class _Printer:
     """``on_token`` for --stream: prints each new piece of the answer as it is decoded, in
     the main thread (so Ctrl-C and a closed stdout land here, not in a worker thread).
     Pieces are the growing text's new characters; a token that ends inside a multi-byte
-    character waits for the rest. With ``as_json``: ``{"piece": ..., "token": ...}`` lines."""
+    character waits for the rest. With ``as_json``: ``{"piece": ..., "token": ...}`` lines,
+    ``token`` being the id that completed the piece."""
 
     def __init__(self, pipe, as_json: bool):
         self.pipe, self.as_json, self.tokens, self.sent = pipe, as_json, [], ""
@@ -89,7 +90,7 @@ class _Printer:
 
     def finish(self, text: str) -> None:
         """Print what is left of the final ``text`` (a character cut short at the end)."""
-        self._emit(text, None)
+        self._emit(text, self.tokens[-1] if self.tokens else None)
 
     def _emit(self, text: str, token: int | None) -> None:
         piece, self.sent = text[len(self.sent):], text

@@ -80,3 +80,77 @@ def test_pipeline_raises_project_errors(export_feather):
         pipe.generate(__import__("numpy").zeros((8, 8, 3), "uint8"), "hi", max_new_tokens=0)
     with pytest.raises(FeatherError):
         pipe.generate(__import__("numpy").zeros((8, 8), "float64"), "hi")
+
+
+# ---------------------------------------------------------------- hostile input: one line, exit 1, no hang
+HOSTILE = {
+    "empty image path": (["--image", ""], "image: empty path; expected an image file"),
+    "image is a FIFO": (["--image", "{tmp}/fifo"], "fifo: is a FIFO; expected an image file"),
+    "image is a folder": (["--image", "{tmp}"], ": is a folder; expected an image file"),
+    "image is a device": (["--image", "/dev/zero"], "/dev/zero: is a device or socket; expected an image file"),
+    "image name too long": (["--image", "x" * 300], ": cannot open (File name too long)"),
+    "negative seed": (["--seed", "-1"], "argument --seed: got -1, expected an integer in 0..9223372036854775807"),
+    "temperature inf": (["--temperature", "inf"], "argument --temperature: got 'inf', expected a finite number"),
+    "temperature nan": (["--temperature", "nan"], "argument --temperature: got 'nan', expected a finite number"),
+    "threads 1000": (["--threads", "1000"], "argument --threads: got 1000, expected an integer in 1.."),
+    "not UTF-8 prompt": ([b"--prompt", b"caf\xe9?"], "prompt: not valid UTF-8 text (byte 0xe9 at character 3)"),
+    "empty folder": (["--image", "{tmp}/fifo", "--folder-first"], "folder: empty path; expected an export folder"),
+    "unknown flag": (["--bogus"], "unrecognized arguments: --bogus"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(export_feather, tmp_path_factory):
+    import os
+
+    tmp = tmp_path_factory.mktemp("hostile")
+    os.mkfifo(tmp / "fifo")
+    procs = {}
+    for name, (extra, _) in HOSTILE.items():
+        folder = "" if "--folder-first" in extra else str(export_feather)
+        args = [a.replace("{tmp}", str(tmp)) if isinstance(a, str) else a for a in extra if a != "--folder-first"]
+        procs[name] = subprocess.Popen([sys.executable, "-m", "feather.runtime.cli", folder, *args],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return {name: (p.communicate(timeout=60), p.returncode) for name, p in procs.items()}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_input_is_one_line(hostile_runs, name):
+    (out, err), code = hostile_runs[name]
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    assert code == 1 and out == b"", err
+    assert len(lines) == 1 and lines[0].startswith("feather-run: error: ") and HOSTILE[name][1] in lines[0], lines
+
+
+def test_json_stream_is_json_lines_then_the_result(export_feather, capsys):
+    assert main([str(export_feather), "--max-new-tokens", "6", "--stream", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    *pieces, final = lines
+    assert pieces and all(set(p) == {"piece", "token"} for p in pieces)
+    assert "".join(p["piece"] for p in pieces) == final["text"] and len(final["tokens"]) == 6
+    ends = [p["token"] for p in pieces]  # the token that completed each piece, in order
+    assert ends[-1] == final["tokens"][-1] and all(t in final["tokens"] for t in ends)
+
+
+def test_check_json_is_json(export_feather, capsys):
+    assert main([str(export_feather), "--max-new-tokens", "4", "--check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["check"]["ok"] is True and out["check"]["tokens_agree"] == 4 and len(out["tokens"]) == 4
+
+
+def test_closed_stdout_and_ctrl_c_during_stream(export_feather):
+    """`feather-run --stream | head -c3` and Ctrl-C mid-answer: no traceback, no abort."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "feather.runtime.cli", str(export_feather), "--stream", "--max-new-tokens", "400"]
+    head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(head.stdout.read(3)) == 3
+    head.stdout.close()  # the reader goes away, as head does
+    assert head.wait(timeout=120) == 1 and head.stderr.read() == b""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(3)) == 3  # mid-answer
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.decode().splitlines() == ["feather-run: interrupted (SIGINT)"]
