@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--triton-kind", choices=["cpu", "gpu"], default="cpu", help="instance kind (default: %(default)s)")
     g.add_argument("--triton-copy", action="store_true",
                    help="copy the export into the repository (default: refer to it by absolute path)")
+    g.add_argument("--triton-site-packages", default="", metavar="DIR",
+                   help="site-packages of a venv with feather-vlm for Triton's Python stub (default: the stub's own)")
     return parser
 
 
@@ -72,7 +74,7 @@ def _triton(args: argparse.Namespace) -> int:
 
     path = write_repository(args.folder, args.triton_repo, name=args.triton_name, instances=args.triton_instances,
                             kind=args.triton_kind, provider=args.provider, threads=args.threads,
-                            copy=args.triton_copy)
+                            copy=args.triton_copy, site_packages=args.triton_site_packages)
     print(f"wrote {path}; serve it with: tritonserver --model-repository {Path(args.triton_repo).resolve()}")
     return 0
 

@@ -26,8 +26,7 @@ _MODEL_PY = Path(__file__).with_name("triton_model.py")
 _IO = """\
 input [
   { name: "PROMPT", data_type: TYPE_STRING, dims: [ 1 ] },
-  { name: "IMAGE", data_type: TYPE_UINT8, dims: [ -1, -1, 3 ], optional: true },
-  { name: "IMAGE_BYTES", data_type: TYPE_STRING, dims: [ 1 ], optional: true },
+  { name: "IMAGE_BYTES", data_type: TYPE_STRING, dims: [ 1 ] },
   { name: "MAX_TOKENS", data_type: TYPE_INT32, dims: [ 1 ], optional: true },
   { name: "TEMPERATURE", data_type: TYPE_FP32, dims: [ 1 ], optional: true },
   { name: "TOP_P", data_type: TYPE_FP32, dims: [ 1 ], optional: true },
@@ -43,7 +42,7 @@ output [
 
 def config_pbtxt(name: str, export_dir: str, instances: int = 1, kind: str = "cpu", provider: str | None = None,
                  threads: int | None = None, max_image_pixels: int = 4096 * 4096,
-                 default_max_tokens: int = 128) -> str:
+                 default_max_tokens: int = 128, site_packages: str = "") -> str:
     """The model's ``config.pbtxt`` (protobuf text format)."""
     if kind not in ("cpu", "gpu"):
         raise ConfigError(f"kind: got {kind!r}, expected cpu or gpu")
@@ -51,7 +50,8 @@ def config_pbtxt(name: str, export_dir: str, instances: int = 1, kind: str = "cp
         raise ConfigError(f"instances: got {instances}, expected an integer >= 1")
     provider = provider or ("cuda" if kind == "gpu" else "cpu")
     params = {"export_dir": export_dir, "provider": provider, "threads": "" if threads is None else str(threads),
-              "max_image_pixels": str(max_image_pixels), "default_max_tokens": str(default_max_tokens)}
+              "max_image_pixels": str(max_image_pixels), "default_max_tokens": str(default_max_tokens),
+              "site_packages": site_packages}
     lines = [f'name: "{name}"', 'backend: "python"',
              "max_batch_size: 0  # one request = one image and one prompt; the chain runs batch 1", _IO,
              f"instance_group [ {{ count: {instances}, kind: KIND_{kind.upper()} }} ]"]
@@ -60,8 +60,11 @@ def config_pbtxt(name: str, export_dir: str, instances: int = 1, kind: str = "cp
 
 
 def write_repository(export_dir, repo, name: str = "feather", instances: int = 1, kind: str = "cpu",
-                     provider: str | None = None, threads: int | None = None, copy: bool = False) -> Path:
-    """Write ``repo/name`` for ``export_dir``; -> that model folder. Refuses to overwrite."""
+                     provider: str | None = None, threads: int | None = None, copy: bool = False,
+                     site_packages: str = "") -> Path:
+    """Write ``repo/name`` for ``export_dir``; -> that model folder. Refuses to overwrite.
+    ``site_packages``: a venv's site-packages that Triton's Python stub should import
+    feather-vlm from (empty: the stub's own Python has it installed)."""
     export = Path(export_dir).resolve()
     if not (export / "feather.json").is_file():
         raise ConfigError(f"{export_dir}: no feather.json; expected a folder written by feather-export")
@@ -70,7 +73,8 @@ def write_repository(export_dir, repo, name: str = "feather", instances: int = 1
     model = Path(repo) / name
     if model.exists() and any(model.iterdir()):
         raise OutputError(f"{model}: exists and is not empty; choose another --triton-repo or --triton-name")
-    text = config_pbtxt(name, "export" if copy else str(export), instances, kind, provider, threads)
+    text = config_pbtxt(name, "export" if copy else str(export), instances, kind, provider, threads,
+                        site_packages=site_packages)
     version = model / "1"
     try:
         version.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,13 @@ beside a ``config.pbtxt``. Triton starts one stub process per model instance; ea
 instance owns one ``Pipeline`` (loaded in ``initialize``), and every request gets its own
 generation state (KV caches) inside ``Pipeline.generate``.
 
-Inputs: ``PROMPT`` (BYTES [1]) and one image, either ``IMAGE`` (UINT8 [H, W, 3], a camera
-frame) or ``IMAGE_BYTES`` (BYTES [1], an encoded PNG/JPEG file); optional ``MAX_TOKENS``
+Inputs: ``PROMPT`` (BYTES [1]) and ``IMAGE_BYTES`` (BYTES [1], an encoded PNG/JPEG file,
+decoded here with a pixel bound; camera frames are encoded by the client); optional ``MAX_TOKENS``
 (INT32), ``TEMPERATURE`` and ``TOP_P`` (FP32), ``SEED`` (INT64). Outputs: ``TEXT`` (BYTES
 [1]), ``TOKENS`` (INT64 [n]), ``FEATHER`` (BYTES [1]: JSON with the kept image indices per
 stage and the timings). Needs feather-vlm (the base install) in the Python that Triton's
-stub runs; ``triton_python_backend_utils`` is provided by Triton itself.
+stub runs, or in a virtual environment named by the ``site_packages`` parameter (the stub
+ignores PYTHONPATH); ``triton_python_backend_utils`` is provided by Triton itself.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ class _Bad(Exception):
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from feather.runtime import Pipeline
-
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        _add_site_packages(params.get("site_packages", ""))
+        from feather.runtime import Pipeline
+
         folder = Path(params["export_dir"])
         if not folder.is_absolute():  # --triton-copy: the export sits inside the version folder
             folder = Path(args["model_repository"]) / args["model_version"] / folder
@@ -79,23 +81,28 @@ class TritonPythonModel:
     def _image(self, request):
         from feather.serve.protocol import RequestError, open_image_bytes
 
-        frame = pb_utils.get_input_tensor_by_name(request, "IMAGE")
-        encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE_BYTES")
-        if (frame is None) == (encoded is None):
-            raise _Bad("send exactly one of IMAGE (uint8 H x W x 3) and IMAGE_BYTES (an encoded image file)")
-        if frame is not None:
-            arr = frame.as_numpy()
-            if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] * arr.shape[1] > self.max_pixels:
-                raise _Bad(f"IMAGE: got shape {list(arr.shape)}; expected H x W x 3 with at most "
-                           f"{self.max_pixels} pixels")
-            return np.ascontiguousarray(arr)
+        encoded = _scalar(request, "IMAGE_BYTES")
+        if encoded is None:
+            raise _Bad("IMAGE_BYTES: required (an encoded PNG or JPEG file)")
         try:
-            return open_image_bytes(bytes(encoded.as_numpy().reshape(-1)[0]), self.max_pixels)
+            return open_image_bytes(bytes(encoded), self.max_pixels)
         except RequestError as err:
             raise _Bad(f"IMAGE_BYTES: {err.message}") from None
 
     def finalize(self) -> None:
         self.pipe = None
+
+
+def _add_site_packages(dirs: str) -> None:
+    """Put a virtual environment's site-packages (``os.pathsep``-separated) first on sys.path,
+    .pth files included: Triton's stub ignores PYTHONPATH and sees only its base Python's."""
+    import site
+    import sys
+
+    for folder in filter(None, dirs.split(os.pathsep)):
+        before = list(sys.path)
+        site.addsitedir(folder)
+        sys.path[:] = [p for p in sys.path if p not in before] + before
 
 
 def _scalar(request, name: str, default=None):

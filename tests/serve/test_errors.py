@@ -129,7 +129,8 @@ def test_internal_failure_is_500_one_line(pipe, image_png):
     def broken(*args, **kwargs):
         raise RuntimeError("segment exploded\nwith a second line")
 
-    fake = types.SimpleNamespace(encoder=pipe.encoder, manifest=pipe.manifest, eos=getattr(pipe, "eos", None), generate=broken)
+    fake = types.SimpleNamespace(encoder=pipe.encoder, manifest=pipe.manifest, eos=getattr(pipe, "eos", None),
+                                 generate=broken)
     client = TestClient(create_app(fake, "feather"), raise_server_exceptions=False)
     r = client.post("/v1/chat/completions", json=chat_body(data_uri(image_png)))
     err = _one_line_error(r, 500, "internal")
