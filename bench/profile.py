@@ -25,41 +25,13 @@ SPINNING = {"default": {}, "force_spinning_stop": {"session.force_spinning_stop"
 onnxruntime_session_options_config_keys.h)."""
 
 
-def _session_class():
-    """``OrtSession`` (so the runtime finds whichever ``run`` methods it calls) over an
-    ``InferenceSession`` made here, with the profiler and config entries asked for."""
-    import onnxruntime as ort
-
-    from feather.runtime.backend import OrtSession
-
-    class ToolSession(OrtSession):
-        def __init__(self, path: Path, threads: int | None, trace_dir: Path | None, config: dict):  # no super()
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            if trace_dir is not None:
-                options.enable_profiling = True
-                options.profile_file_prefix = str(trace_dir / path.stem)
-            for key, value in config.items():
-                options.add_session_config_entry(key, value)
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-            self.outputs = [o.name for o in self.session.get_outputs()]
-            self.name = path.name
-
-    return ToolSession
-
-
 def load_pipeline(folder: Path, threads: int | None, trace_dir: Path | None = None, config: dict | None = None):
-    """A ``Pipeline`` over ``folder`` whose sessions are made by ``_session_class``."""
-    from feather.manifest import load_manifest
+    """A ``Pipeline`` over ``folder`` on an ONNX Runtime backend with the profiler and the
+    session config entries asked for (``None``: the runtime's own defaults)."""
+    from feather.runtime.backends.onnxruntime import OrtBackend
     from feather.runtime.pipeline import Pipeline
-    from feather.runtime.preprocess import PromptEncoder
 
-    manifest = load_manifest(folder)
-    graphs = {"vision": manifest.vision, "embed": manifest.embed, **{s.file: s for s in manifest.segments}}
-    cls = _session_class()
-    sessions = {k: cls(folder / g.file, threads, trace_dir, config or {}) for k, g in graphs.items()}
-    return Pipeline(folder, manifest, sessions, PromptEncoder(folder / manifest.tokenizer, manifest.prompt))
+    return Pipeline.load(folder, backend=OrtBackend("cpu", threads, trace_dir, config))
 
 
 def summarize_trace(path: Path, skip: int = 0) -> dict:
@@ -93,10 +65,9 @@ def profile(folder: str | Path, prompt: str, image, new_tokens: int = 8, threads
         res = pipe.generate(image, prompt, max_new_tokens=1 + new_tokens)
         report = {"timings": res.timings}
         graphs = [("vision.onnx", pipe.vision, 1), ("embed.onnx", pipe.embed, warm)]
-        for spec, session in zip(pipe.manifest.segments, pipe.segments):
-            graphs.append((spec.file, session, warm))
+        graphs += [(seg.spec.file, seg.session, warm) for seg in pipe.segments]
         for name, session, skip in graphs:
-            report[name] = summarize_trace(Path(session.session.end_profiling()), skip)
+            report[name] = summarize_trace(Path(session.end_profiling()), skip)
     return report
 
 

@@ -165,7 +165,7 @@ def chain(spec: dict) -> dict:
             _collect(samples, vision_s=t["vision_s"], llm_prefill_s=t["llm_prefill_s"], ttft_s=t["ttft_s"],
                      decode_s=t["decode_s"], decode_tokens_per_s=t["decode_tokens_per_s"])
     seq_len, _ = pipe.encoder.encode(spec["prompt"])
-    return {"samples": samples, "kv_cache_bytes": pipe.kv_cache_bytes(), "seq_len": len(seq_len),
+    return {"samples": samples, "kv_cache_bytes": res.kv_bytes, "seq_len": len(seq_len),
             "kept": [len(s["kept"]) for s in res.stages], "tokens": list(res.tokens)}
 
 

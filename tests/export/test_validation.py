@@ -49,7 +49,7 @@ def test_one_changed_weight_names_its_graph_only(copy):
     assert "segment0.onnx" not in message and "segment2.onnx" not in message
     assert "vision.onnx" not in message and "embed.onnx" not in message
     # the first down_proj is layer 8's: its own KV comes before its MLP, every later layer's moves
-    assert "present.8.key" not in message and "present.9.key" in message and "present.15.value" in message
+    assert "new.8.key" not in message and "new.9.key" in message and "new.15.value" in message
     validate_folder(copy, precision_tolerance=1e6)  # a loose enough bound accepts the change
 
 
