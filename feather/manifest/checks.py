@@ -37,7 +37,8 @@ BAD_NAME = "is not a plain relative name inside the export folder (no '..', no a
 
 def check_version(version: int) -> None:
     if version > SCHEMA_VERSION:
-        fail("schema_version", f"{version} is newer than this feather-vlm reads ({SCHEMA_VERSION}); upgrade feather-vlm")
+        fail("schema_version",
+             f"{version} is newer than this feather-vlm reads ({SCHEMA_VERSION}); upgrade feather-vlm")
     if version == 1:
         fail("schema_version", "1 was written by feather-vlm 0.1 (KV caches concatenated in the graphs); "
              "re-export the checkpoint with this feather-vlm (feather-export)")
