@@ -46,7 +46,7 @@ def table(report: dict):
 def ratios_table(report: dict):
     from rich.table import Table
 
-    t = Table(title="targets (issue 5)")
+    t = Table(title="targets")
     for name in ("target", "measured", "wanted", "met"):
         t.add_column(name)
     for name, v in report["targets"].items():
@@ -65,6 +65,9 @@ def print_report(report: dict, console=None) -> None:
     console.print(f"FEATHER chain: LLM prefill {r['llm_prefill_speedup']:.2f}x faster than the unpruned chain "
                   f"(FLOPs predict {r['flops_predicted_speedup']:.2f}x); TTFT {r['ttft_vs_torch_eager']:.2f} of "
                   f"torch eager; decode {r['decode_speedup']:.2f}x the unpruned chain.")
+    if "decode_long_vs_short" in r:
+        console.print(f"long prompt: decode {r['decode_long_vs_short']:.2f}x its speed at the default prompt "
+                      f"(attention's extra work predicts {r['decode_long_vs_short_predicted']:.2f}x).")
     for name, ok in report["checks"].items():
         console.print(f"check {name}: {'yes' if ok else 'NO'}")
     if report["peer"]["status"] != "ok":

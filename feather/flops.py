@@ -194,3 +194,17 @@ def kv_cache_bytes(
     counts = _image_counts(geom.layers, n_image, stages)
     per_token = 2 * geom.kv_heads * geom.head_dim * bytes_per_value
     return sum(per_token * (n_text + c + new_tokens) for c in counts)
+
+
+def decode_flops(geom: Geometry, n_text: int, n_image: int, stages: Stages, new_tokens: int = 1) -> float:
+    """Mean FLOPs of one decode step over ``new_tokens`` steps after a prompt of ``n_text``
+    text and ``n_image`` image tokens: every layer's projections and FFN on one token, its
+    attention over what that layer holds (text + its image tokens + the tokens decoded so
+    far, ``(new_tokens - 1) / 2`` on average), and the LM head. What attention's extra work
+    predicts when only the context changes: ``decode_flops(short) / decode_flops(long)``."""
+    n_text = _check_int("n_text", n_text)
+    new_tokens = _check_int("new_tokens", new_tokens, 1)
+    counts = _image_counts(geom.layers, n_image, stages)
+    weights = 2 * geom.hidden * (2 * geom.heads * geom.head_dim + 2 * geom.kv_heads * geom.head_dim + 3 * geom.ffn)
+    attention = sum(2 * 2 * geom.heads * geom.head_dim * (n_text + c + (new_tokens + 1) / 2) for c in counts)
+    return float(geom.layers * weights + attention + 2 * geom.hidden * geom.vocab)

@@ -36,7 +36,7 @@ def bench_run(tiny_path, tmp_path_factory):
 
 def test_rows_have_positive_finite_numbers(bench_run):
     report, _ = bench_run
-    assert [r["id"] for r in report["rows"]] == list("abcde")
+    assert [r["id"] for r in report["rows"]] == list("abcdeg")
     for row in report["rows"]:
         for key in (*TIMES, "peak_rss_bytes", "kv_cache_bytes", "flops_llm_speedup", "flops_prefill_speedup"):
             assert _positive(row[key]), (row["id"], key, row[key])
@@ -53,16 +53,33 @@ def test_ratios_and_targets_present(bench_run):
     assert r["llm_prefill_speedup"] == pytest.approx(rows["c"]["llm_prefill_s"] / rows["d"]["llm_prefill_s"])
     assert r["ttft_vs_torch_eager"] == pytest.approx(rows["d"]["ttft_s"] / rows["a"]["ttft_s"])
     assert set(report["targets"]) == {"llm_prefill_vs_flops", "ttft_vs_torch_eager", "decode_speedup",
-                                      "kv_bytes_match_kept_counts"}
+                                      "kv_bytes_match_kept_counts", "decode_long_vs_short_within_10pct_of_predicted"}
     assert report["geometry"]["n_image"] == 576 and report["geometry"]["layers"] == 24
     assert report["geometry"]["vision_layers"] == 3  # tiny CLIP: 4 layers, LLaVA reads layer -2
     assert report["machine"]["nproc"] >= 1 and report["settings"]["threads"] == 1
 
 
+def test_long_context_row_and_its_prediction(bench_run):
+    """Row g decodes after a ~1,500-text-token prompt; its ratio to row d sits beside what
+    the extra attention work alone predicts (feather.flops.decode_flops)."""
+    from feather.flops import decode_flops
+
+    report, _ = bench_run
+    rows = {r["id"]: r for r in report["rows"]}
+    d, g = rows["d"], rows["g"]
+    assert g["n_text"] > 1200 and d["n_text"] < 100 and g["kept"] == d["kept"] == [236, 21]
+    fgeom = checkpoint.flops_geometry(checkpoint.resolve("tiny"))
+    stages = [(8, 236), (16, 21)]
+    want = decode_flops(fgeom, d["n_text"], 576, stages, 8) / decode_flops(fgeom, g["n_text"], 576, stages, 8)
+    r = report["ratios"]
+    assert r["decode_long_vs_short_predicted"] == pytest.approx(want) and 0 < want < 1
+    assert r["decode_long_vs_short"] == pytest.approx(g["decode_tokens_per_s"] / d["decode_tokens_per_s"])
+
+
 def test_pruned_rows_keep_the_planned_counts_and_kv(bench_run):
     report, _ = bench_run
     rows = {r["id"]: r for r in report["rows"]}
-    assert rows["b"]["kept"] == rows["d"]["kept"] == [236, 21]  # static FEATHER: 172 + 64 grid, then 9 %
+    assert rows["b"]["kept"] == rows["d"]["kept"] == rows["g"]["kept"] == [236, 21]  # static FEATHER: 172 + 64 grid, then 9 %
     assert rows["e"]["kept"] == [144]  # FastV R = 0.75: floor(576 * 0.25)
     for row in rows.values():  # KV bytes: exactly what the kept counts predict
         assert row["kv_cache_bytes"] == row["kv_cache_bytes_predicted"], row["id"]

@@ -210,3 +210,17 @@ def test_bad_geometry_names_the_field():
         Geometry(**{**TOY.__dict__, "kv_heads": 3})
     with pytest.raises(ConfigError, match="Geometry.vocab=0"):
         Geometry(**{**TOY.__dict__, "vocab": 0})
+
+
+def test_decode_flops_counts_weights_once_and_attention_per_kept_context():
+    from feather.flops import decode_flops
+
+    g = Geometry.llava_1_5_7b()
+    weights = 2 * 4096 * (2 * 4096 + 2 * 4096 + 3 * 11008)  # q, o, k, v and the three FFN matrices
+    base = 32 * weights + 2 * 4096 * 32064
+    per_ctx = 2 * 2 * 32 * 128  # scores and weighted sum over one more key, per layer
+    assert decode_flops(g, 40, 576, [], new_tokens=1) == base + 32 * per_ctx * (40 + 576 + 1)
+    assert decode_flops(g, 40, 576, [(8, 236), (16, 21)], new_tokens=3) == (
+        base + per_ctx * (8 * (40 + 576 + 2) + 8 * (40 + 236 + 2) + 16 * (40 + 21 + 2)))
+    short, long = decode_flops(g, 40, 576, [(8, 236)]), decode_flops(g, 1540, 576, [(8, 236)])
+    assert long - short == 32 * per_ctx * 1500
