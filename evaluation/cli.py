@@ -8,6 +8,7 @@ from pathlib import Path
 
 from feather import cli
 from feather.config import CRITERIA, MODES, PruneConfig
+from feather.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,17 +50,28 @@ def configs(args: argparse.Namespace) -> list[PruneConfig] | None:
         return None
     if "K" in given:
         given["K"] = tuple(given["K"])
-    if args.sweep is None:
+    if args.sweep is None:  # without --K, a one-stage criterion takes the first default K (8)
+        name = given.get("criterion", "feather")
+        if "K" not in given and name in CRITERIA:
+            given["K"] = PruneConfig().K[: max(1, len(CRITERIA[name].rules))]
         return [PruneConfig(**given)]
-    base = PruneConfig(**{k: v for k, v in given.items() if k != "criterion"})
-    return parse_sweep(args.sweep, base)
+    return parse_sweep(args.sweep, PruneConfig(**{k: v for k, v in given.items() if k != "criterion"}))
+
+
+def _no_pruning_options(args: argparse.Namespace) -> bool:
+    return all(getattr(args, k) is None for k in ("criterion", "K", "ratio", "stride", "mode", "sweep"))
 
 
 def _body(args: argparse.Namespace) -> int:
     from feather.eval import evaluate, load_samples, open_models, plot, table
+    from feather.eval.models import is_export
 
+    if is_export(args.target) and not _no_pruning_options(args):
+        raise ConfigError(f"{args.target}: an export folder runs the criterion it was exported with; "
+                          "--criterion, --K, --ratio, --stride, --mode and --sweep need a checkpoint")
+    chosen = None if is_export(args.target) else configs(args)
     samples = load_samples(args.data, limit=args.limit, split=args.split)
-    models = open_models(args.target, configs(args), threads=args.threads)
+    models = open_models(args.target, chosen, threads=args.threads)
     report = evaluate(models, samples, max_new_tokens=args.max_new_tokens, json_out=args.json,
                       progress=not args.no_progress, data=str(Path(args.data).resolve()))
     print(table(report))

@@ -210,3 +210,19 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert main([str(tmp_path), "--data", str(tmp_path / "missing.jsonl")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("feather-eval: error:") and "missing.jsonl: no such file" in err
+
+
+def test_cli_pruning_options(tmp_path, capsys):
+    from feather.eval.cli import build_parser, configs
+
+    def parse(*argv):
+        return configs(build_parser().parse_args(["tiny", "--data", "d.jsonl", *argv]))
+
+    assert parse() is None
+    assert [(c.criterion, c.K) for c in parse("--criterion", "original")] == [("original", (8,))]
+    assert [(c.criterion, c.K, c.ratio) for c in parse("--criterion", "original", "--K", "3", "--ratio", "0.75")] == [
+        ("original", (3,), 0.75)]
+    assert [c.K for c in parse("--sweep", "none,norope", "--K", "2", "5")] == [(), (2,)]
+    (tmp_path / "feather.json").write_text("{}")  # an export folder: its own criterion only
+    assert main([str(tmp_path), "--data", "d.jsonl", "--criterion", "original"]) == 1
+    assert "export folder runs the criterion it was exported with" in capsys.readouterr().err
