@@ -50,17 +50,19 @@ def export(
     overwrite: bool = False,
     quiet: bool = False,
     max_graph_layers: int | None = None,
+    target: str = "portable",
 ) -> Path:
     """Export ``model`` with ``config`` into ``output``; return the folder.
 
     ``max_graph_layers`` caps the decoder layers per graph (extra cuts, no pruning there):
     peak export memory is about the model plus 3.5x its largest graph, so a 7B export on
-    a machine with twice the weights in RAM wants 8 (see docs/architecture.md).
+    a machine with twice the weights in RAM wants 8 (see docs/architecture.md). ``target``
+    (portable or onnxruntime) is recorded in the manifest and picks the operator allow-list.
 
     Raises ``OutputError`` for an output it may not write or replace (see
     ``check_output``) or a file-system failure while writing (full disk, read-only)."""
     config = config or PruneConfig()
-    check_options(precision, max_seq, opset, max_graph_layers)
+    check_options(precision, max_seq, opset, max_graph_layers, target)
     out = check_output(output, overwrite, model)
     import torch
 
@@ -68,6 +70,7 @@ def export(
     llava, processor = _load(model, dtype)
     geom = model_mod.geometry(llava.config)
     config.check_layers(geom.num_layers)
+    check_max_seq(max_seq, geom.n_image, llava.config)
     plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid, max_graph_layers)
     created: list[Path] = []
     tmp, done = None, False
@@ -75,8 +78,8 @@ def export(
         _make_parents(out.parent, created)
         remove_leftovers(out.parent)
         tmp = _make_work_folder(out)
-        _write_graphs(llava, geom, plans, tmp, precision, opset, quiet)
-        _write_manifest(tmp, model, llava, processor, config, geom, plans, precision, opset, max_seq)
+        _write_graphs(llava, geom, plans, tmp, precision, opset, quiet, target)
+        _write_manifest(tmp, model, llava, processor, config, geom, plans, precision, opset, max_seq, target)
         _swap_in(tmp, out, overwrite)
         done = True
     except OSError as err:
@@ -325,7 +328,26 @@ def _signals_deferred():
 
 
 # ---------------------------------------------------------------- options and graphs
-def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: int | None) -> None:
+TARGETS = ("portable", "onnxruntime")
+MIN_TEXT = 16
+"""Room a prompt needs beside the image tokens: the template, a short question, one answer token."""
+
+
+def check_max_seq(max_seq: int, n_image: int, config) -> None:
+    """Refuse a ``max_seq`` that cannot hold the image tokens and a short prompt, or that runs
+    past the positions the checkpoint was trained for."""
+    if max_seq < n_image + MIN_TEXT:
+        raise ConfigError(f"max_seq: got {max_seq}, but this model's {n_image} image tokens and a prompt need "
+                          f"at least {n_image + MIN_TEXT}")
+    limit = getattr(config.text_config, "max_position_embeddings", None)
+    if limit and max_seq > limit:
+        raise ConfigError(f"max_seq: got {max_seq}, beyond the model's max_position_embeddings {limit}")
+
+
+def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: int | None,
+                  target: str = "portable") -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"target: got {target!r}, expected one of {', '.join(TARGETS)}")
     if max_graph_layers is not None and (isinstance(max_graph_layers, bool) or not isinstance(max_graph_layers, int)
                                          or max_graph_layers < 1):
         raise ConfigError(f"max_graph_layers: got {max_graph_layers!r}, expected an integer >= 1")
@@ -338,7 +360,8 @@ def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: in
 
 
 
-def _write_graphs(llava, geom, plans: list[SegmentPlan], folder: Path, precision, opset, quiet) -> None:
+def _write_graphs(llava, geom, plans: list[SegmentPlan], folder: Path, precision, opset, quiet,
+                  target: str = "portable") -> None:
     """Export, check and validate every graph, one at a time; raise all mismatches at once."""
     from feather.export import segments as seg_mod
 
@@ -353,7 +376,7 @@ def _write_graphs(llava, geom, plans: list[SegmentPlan], folder: Path, precision
             path = folder / name
             steps.step(f"export {name}")
             _export_one(module, trace, path, opset)
-            onnx_io.check_graph(path)
+            onnx_io.check_graph(path, target)
             steps.step(f"validate {name}")
             failures += validate.compare(module, path, cases, precision)
             del module, trace, cases

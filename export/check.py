@@ -13,8 +13,8 @@ from pathlib import Path
 from feather.errors import ConfigError, ManifestError, ModelError
 from feather.export import api, validate
 from feather.export.chain import SegmentPlan
-from feather.manifest import GraphSpec, Manifest, load_manifest
 from feather.hf import checkpoint as model_mod
+from feather.manifest import GraphSpec, Manifest, load_manifest
 
 
 def validate_folder(folder: str | Path, model: str | None = None,

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=cli.int_in(17, 21), default=17, help="ONNX opset (default: %(default)s)")
     parser.add_argument("--max-graph-layers", type=cli.int_in(1, 1 << 16), default=None, metavar="N",
                         help="at most N decoder layers per graph (bounds export memory; 8 for 7B)")
+    parser.add_argument("--target", default="portable", choices=("portable", "onnxruntime"),
+                        help="runtime the graphs are for: portable (TensorRT and any ONNX runtime: standard ops "
+                             "and QDQ) or onnxruntime (may use com.microsoft ops) (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing export folder (one with feather.json; nothing else)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -36,12 +39,12 @@ def _body(args: argparse.Namespace) -> int:
 
     # every flag and the output folder are checked before torch is imported (~4 s, 200 MB)
     config = cli.prune_config(args)
-    api.check_options(args.precision, args.max_seq, args.opset, args.max_graph_layers)
+    api.check_options(args.precision, args.max_seq, args.opset, args.max_graph_layers, args.target)
     api.check_output(args.output, args.overwrite, args.model)
     start = time.perf_counter()
     out = api.export(model=args.model, config=config, output=args.output, precision=args.precision,
                  max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet,
-                 max_graph_layers=args.max_graph_layers)
+                 max_graph_layers=args.max_graph_layers, target=args.target)
     if not args.quiet:
         print(f"exported {cli.shown(args.model)} -> {cli.shown(out)} in {time.perf_counter() - start:.1f} s")
     return 0
