@@ -22,7 +22,6 @@ from feather.sampling import Sampling
 
 SAMPLE_IMAGE = Path(__file__).parent / "assets" / "sample.png"
 DEFAULT_PROMPT = "What is in this image?"
-DEFAULT_K = (8, 16)
 MAX_NEW_TOKENS = 1 << 20
 """An upper bound for --max-new-tokens before the export's max_seq bounds it further."""
 
@@ -111,7 +110,7 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
     crit = CRITERIA.get(args.criterion)
     if args.K is not None and crit is not None and (not crit.rules or crit.fixed_k is not None):
         raise ConfigError(f"K: criterion {args.criterion!r} takes no K list; drop --K")
-    k = DEFAULT_K if args.K is None else tuple(args.K)
+    k = None if args.K is None else tuple(args.K)
     return PruneConfig(criterion=args.criterion, K=k, ratio=args.ratio, stride=args.stride, mode=args.mode)
 
 

@@ -68,12 +68,15 @@ class Stage:
         return self.impl.rope
 
 
+DEFAULT_K = (8, 16)
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """What the user chooses. Validated on construction; see ``plan`` for the stages."""
 
     criterion: str = "feather"
-    K: tuple[int, ...] = (8, 16)
+    K: tuple[int, ...] | None = None  # None: (8, 16), the paper's; criteria that fix K take theirs
     ratio: float = 0.7
     stride: int = 3
     mode: str = "static"
@@ -85,9 +88,11 @@ class PruneConfig:
                 f"criterion: got {self.criterion!r}, expected one of {', '.join(sorted(CRITERIA))}"
             )
         crit = CRITERIA[self.criterion]
-        k = tuple(self.K) if crit.fixed_k is None else crit.fixed_k
-        if not crit.rules:
-            k = ()
+        fixed = () if not crit.rules else crit.fixed_k
+        if fixed is not None and self.K is not None and tuple(self.K) != fixed:
+            what = "prunes nothing" if not crit.rules else f"always prunes at K = {list(fixed)}"
+            raise ConfigError(f"K: got {list(self.K)}, but criterion {self.criterion!r} {what}; leave K out")
+        k = fixed if fixed is not None else DEFAULT_K if self.K is None else tuple(self.K)
         object.__setattr__(self, "K", k)
         _check_number("ratio", self.ratio, float)
         if not 0.0 < float(self.ratio) < 1.0:

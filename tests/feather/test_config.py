@@ -25,9 +25,15 @@ def test_single_k_feather_is_its_first_stage():
     assert [(s.layer, s.rule) for s in c.stages] == [(8, "ensemble")]
 
 
-def test_none_and_text_only_normalise_k():
-    assert PruneConfig(criterion="none", K=(8, 16)).K == ()
-    assert PruneConfig(criterion="text_only", K=(8,)).K == (0,)
+def test_none_and_text_only_take_their_own_k_and_refuse_another():
+    from feather.errors import ConfigError
+
+    assert PruneConfig(criterion="none").K == () and PruneConfig(criterion="text_only").K == (0,)
+    assert PruneConfig().K == (8, 16) and PruneConfig(criterion="none", K=()).K == ()
+    with pytest.raises(ConfigError, match=r"K: got \[8, 16\], but criterion 'none' prunes nothing; leave K out"):
+        PruneConfig(criterion="none", K=(8, 16))
+    with pytest.raises(ConfigError, match=r"criterion 'text_only' always prunes at K = \[0\]"):
+        PruneConfig(criterion="text_only", K=(8,))
 
 
 @pytest.mark.parametrize(
