@@ -29,8 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="compare with the PyTorch reference on the source checkpoint (needs [export])")
     parser.add_argument("--model", default=None, help="with --check: checkpoint to compare with (default: manifest's)")
+    parser.add_argument("--viz", metavar="OUT.png", default=None,
+                        help="draw each stage's kept image tokens over the image into OUT.png")
     parser.add_argument("--quiet", "-q", action="store_true", help="no timing line on stderr")
     return parser
+
+
+def _viz(pipe, args, result) -> None:
+    if args.viz:
+        from feather.runtime.viz import save_overlay
+
+        m = pipe.manifest
+        save_overlay(args.image, result.stages, m.image, m.dims.grid, m.pruning.criterion, args.viz)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -57,12 +67,14 @@ def _body(args: argparse.Namespace) -> int:
         printer = _Printer(pipe, args.json)
         result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling, on_token=printer)
         printer.finish(result.text)
+        _viz(pipe, args, result)
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
         else:
             print(flush=True)
         return 0
     result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling)
+    _viz(pipe, args, result)
     if args.json:
         print(json.dumps(result.to_json()))
     else:

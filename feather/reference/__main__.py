@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_prune_args(parser)
     cli.add_generation_args(parser)
     parser.add_argument("--json", action="store_true", help="print tokens, text and kept indices as JSON")
+    parser.add_argument("--viz", metavar="OUT.png", default=None,
+                        help="draw each stage's kept image tokens over the image into OUT.png")
     return parser
 
 
@@ -27,6 +29,12 @@ def _body(args: argparse.Namespace) -> int:
     config = cli.prune_config(args)
     ref = Reference.load(args.model, config)
     result = ref.generate(args.image, args.prompt, args.max_new_tokens, cli.sampling(args))
+    if args.viz:
+        from feather.export.preprocessing import image_spec_from_processor
+        from feather.runtime.viz import save_overlay
+
+        save_overlay(args.image, result.stages, image_spec_from_processor(ref.processor.image_processor),
+                     ref.geom.grid, config.criterion, args.viz)
     print(json.dumps(result.to_json()) if args.json else result.text)
     return 0
 

@@ -79,7 +79,7 @@ def test_long_context_row_and_its_prediction(bench_run):
 def test_pruned_rows_keep_the_planned_counts_and_kv(bench_run):
     report, _ = bench_run
     rows = {r["id"]: r for r in report["rows"]}
-    assert rows["b"]["kept"] == rows["d"]["kept"] == rows["g"]["kept"] == [236, 21]  # static FEATHER: 172 + 64 grid, then 9 %
+    assert rows["b"]["kept"] == rows["d"]["kept"] == rows["g"]["kept"] == [236, 21]  # static: 172 + 64 grid, then 9 %
     assert rows["e"]["kept"] == [144]  # FastV R = 0.75: floor(576 * 0.25)
     for row in rows.values():  # KV bytes: exactly what the kept counts predict
         assert row["kv_cache_bytes"] == row["kv_cache_bytes_predicted"], row["id"]

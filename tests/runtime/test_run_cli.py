@@ -154,3 +154,17 @@ def test_closed_stdout_and_ctrl_c_during_stream(export_feather):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.decode().splitlines() == ["feather-run: interrupted (SIGINT)"]
+
+
+def test_viz_draws_the_kept_tokens_of_the_chain_and_the_reference(export_feather, tiny_path, tmp_path, capsys):
+    """--viz writes one overlay per run; the chain's and the reference's are the same picture
+    (the same kept indices drawn on the same image)."""
+    from PIL import Image
+
+    from feather.reference.__main__ import main as ref_main
+
+    assert main([str(export_feather), "--max-new-tokens", "2", "--viz", str(tmp_path / "chain.png"), "-q"]) == 0
+    assert ref_main(["--model", "tiny", "--max-new-tokens", "2", "--viz", str(tmp_path / "ref.png")]) == 0
+    chain, ref = Image.open(tmp_path / "chain.png"), Image.open(tmp_path / "ref.png")
+    assert chain.size == ref.size and chain.size[0] > 3 * 300
+    assert chain.tobytes() == ref.tobytes()
