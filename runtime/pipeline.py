@@ -66,6 +66,7 @@ class _Segment:
     cache: list[str]  # cache input names, (key, value) per layer
     new: list[str]  # new-row output names, same order
     stage: tuple[rules.Rule, int] | None  # the stage applied before this segment: (rule, layer)
+    decode: backends.Session  # the session decode steps run (spec.decode_file's, else ``session``)
 
 
 @dataclass
@@ -218,7 +219,7 @@ class Pipeline:
         hidden = out[embed.outputs["embeds"]]  # [1, 1, d], stays a backend value between graphs
         keep, pos = np.zeros(1, dtype=np.int64), np.array([run.next_pos], dtype=np.int64)
         for i, seg in enumerate(self.segments):
-            out = self._run_segment(seg, hidden, keep, pos, run.lengths[i], run.caches[i])
+            out = self._run_segment(seg, hidden, keep, pos, run.lengths[i], run.caches[i], seg.decode)
             for buf, name in zip(run.caches[i], seg.new):
                 buf.write(out[name], run.lengths[i])
             run.lengths[i] += 1
@@ -226,14 +227,14 @@ class Pipeline:
         run.next_pos += 1
         return self.backend.to_host(hidden)[0].astype(np.float32)  # [V]
 
-    def _run_segment(self, seg: _Segment, hidden, keep, pos, past_len: int, caches) -> dict:
+    def _run_segment(self, seg: _Segment, hidden, keep, pos, past_len: int, caches, session=None) -> dict:
         if isinstance(hidden, np.ndarray) and hidden.dtype != seg.dtype:
             hidden = hidden.astype(seg.dtype)
         feeds = {seg.feeds["hidden"]: hidden, seg.feeds["keep_index"]: keep,
                  seg.feeds["position_ids"]: pos[None], seg.feeds["past_len"]: np.array([past_len], dtype=np.int64)}
         feeds.update((name, buf.value) for name, buf in zip(seg.cache, caches))
         outputs = [seg.out, *seg.new] + ([seg.score] if seg.score else [])
-        return seg.session.run(feeds, outputs)
+        return (session or seg.session).run(feeds, outputs)
 
     def _allocate(self, seg: _Segment, capacity: int) -> list[backends.KVBuffer]:
         d = self.manifest.dims
@@ -272,23 +273,27 @@ class _Incremental:
         return text[len(self.sent) :] if text.startswith(self.sent) else ""
 
 
-def _open(backend: backends.Backend, folder: Path, manifest: Manifest, spec: GraphSpec) -> backends.Session:
+def _open(backend: backends.Backend, folder: Path, manifest: Manifest, spec: GraphSpec,
+          file: str | None = None) -> backends.Session:
     """A session whose graph has every tensor the manifest names; one line otherwise."""
-    session = backend.open(manifest.path(folder, spec.file), spec, manifest)
+    file = file or spec.file
+    session = backend.open(manifest.path(folder, file), spec, manifest)
     names = list(spec.inputs.values()) + list(spec.outputs.values())
     if spec.kv is not None:
         names += [n for layer in range(*spec.layers) for n in spec.kv.names(layer)]
     missing = [n for n in names if n not in session.input_names and n not in session.output_names]
     if missing:
-        raise ManifestError(f"{spec.file}: the graph has no tensor {missing[0]!r} that feather.json names "
+        raise ManifestError(f"{file}: the graph has no tensor {missing[0]!r} that feather.json names "
                             f"({len(missing)} missing); the manifest does not describe this graph")
     return session
 
 
 def _segment(backend, folder: Path, manifest: Manifest, spec: GraphSpec, stage) -> _Segment:
     names = [spec.kv.names(layer) for layer in range(*spec.layers)]  # (cache k, cache v, new k, new v)
+    session = _open(backend, folder, manifest, spec)
+    decode = _open(backend, folder, manifest, spec, spec.decode_file) if spec.decode_file else session
     return _Segment(
-        spec=spec, session=_open(backend, folder, manifest, spec), dtype=DTYPES[spec.dtype],
+        spec=spec, session=session, decode=decode, dtype=DTYPES[spec.dtype],
         feeds={role: spec.inputs[role] for role in ("hidden", "keep_index", "position_ids", "past_len")},
         out=spec.outputs.get("hidden") or spec.outputs["logits"], score=spec.outputs.get("score"),
         cache=[n for ck, cv, _, _ in names for n in (ck, cv)], new=[n for _, _, nk, nv in names for n in (nk, nv)],

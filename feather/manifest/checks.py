@@ -153,6 +153,8 @@ def _segments(segments: list[GraphSpec], num_layers: int) -> None:
 
 def _graph(path: str, graph: GraphSpec, max_seq: int) -> None:
     _name(f"{path}.file", graph.file)
+    if graph.decode_file is not None:
+        _name(f"{path}.decode_file", graph.decode_file)
     _choice(f"{path}.dtype", graph.dtype, DTYPES)
     kind = "segment" if path.startswith("segments") else path
     allowed_in, allowed_out = ROLES[kind]

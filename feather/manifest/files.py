@@ -141,8 +141,7 @@ def verify_files(manifest: Manifest, folder: str | os.PathLike) -> None:
     """Check the folder against ``manifest.files``: every listed file present, a plain file and
     unchanged; every file present listed; every file the manifest names listed."""
     folder = Path(folder)
-    named = [(f"{p}.file", g.file) for p, g in manifest.graphs_with_paths()]
-    for where, name in [*named, ("tokenizer", manifest.tokenizer)]:
+    for where, name in [*manifest.graph_files(), ("tokenizer", manifest.tokenizer)]:
         if not (folder / name).exists() and not (folder / name).is_symlink():
             raise ManifestError(f"{folder / name}: missing (named by {MANIFEST_NAME} {where})")
         if name not in manifest.files:

@@ -151,6 +151,8 @@ class GraphSpec:
     n_image_in: int | None = None  # image tokens the segment holds after its gather (static mode)
     dtype: str = "float32"  # float type of its float inputs and outputs (hidden, KV, pixels)
     method: str = "float"  # how its weights are stored: float, or a quantization method
+    decode_file: str | None = None  # a graph with the same tensors for decode steps (e.g. INT4 weights)
+    decode_method: str | None = None  # how decode_file's weights are stored
 
 
 @dataclass
@@ -205,6 +207,15 @@ class Manifest:
         from feather.manifest import checks
 
         checks.check_manifest(self)
+
+    def graph_files(self) -> list[tuple[str, str]]:
+        """(JSON path, file) of every graph file the runtime opens, decode variants included."""
+        out = []
+        for path, graph in self.graphs_with_paths():
+            out.append((f"{path}.file", graph.file))
+            if graph.decode_file is not None:
+                out.append((f"{path}.decode_file", graph.decode_file))
+        return out
 
     def graphs_with_paths(self) -> list[tuple[str, GraphSpec]]:
         """Every graph in run order with its JSON path: vision, embed, segments[i]."""

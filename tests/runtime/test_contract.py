@@ -122,3 +122,31 @@ def test_profile_of_decode_has_no_cache_sized_tensor(export_feather, tmp_path, s
         ops = {e["args"]["op_name"] for e in decode_nodes}
         assert biggest < cache_elems // 2, (seg.spec.file, biggest, cache_elems)
         assert "FusedMatMul" in ops or "MatMul" in ops
+
+
+def test_decode_steps_run_the_manifests_decode_graph(export_feather, tmp_path, sample_image):
+    """A segment may name a second graph for decode steps (a quantized chain runs prefill on
+    INT8 graphs and decode on INT4 ones); the runtime opens it and decodes with it."""
+    copy = tmp_path / "phased"
+    shutil.copytree(export_feather, copy)
+    m = load_manifest(copy)
+    for seg in m.segments:
+        seg.decode_file = seg.file.replace(".onnx", ".decode.onnx")
+        seg.decode_method = "float"
+        shutil.copy(copy / seg.file, copy / seg.decode_file)
+    save_manifest(m, copy)
+    pipe = Pipeline.load(copy)
+    calls = {"prefill": 0, "decode": 0}
+    for seg in pipe.segments:
+        assert seg.decode is not seg.session
+        for name, session in (("prefill", seg.session), ("decode", seg.decode)):
+            run = session.run
+            session.run = lambda feeds, outputs, run=run, name=name: (calls.__setitem__(name, calls[name] + 1),
+                                                                       run(feeds, outputs))[1]
+    got = pipe.generate(sample_image, PROMPT, max_new_tokens=5)
+    assert calls == {"prefill": 3, "decode": 3 * 4}
+    assert got.tokens == Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=5).tokens
+    (copy / "segment1.decode.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"segment1\.decode\.onnx: missing \(named by feather.json "
+                                            r"segments\[1\]\.decode_file\)"):
+        Pipeline.load(copy)
