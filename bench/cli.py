@@ -16,7 +16,7 @@ from feather.bench.checkpoint import GEOMETRIES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feather-bench", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="feather-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--geometry", choices=GEOMETRIES, default="bench",
                         help="bench: LLaVA-1.5-7B proportions at width 512; tiny: the test checkpoint "
                              "(default: %(default)s)")

@@ -12,7 +12,7 @@ from feather.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="feather-eval",
         description="Score referring-expression localization (Acc@0.5, Acc@0.25, IoU) of an export folder "
                     "or a checkpoint, per pruning criterion, and report where the kept tokens sit.",

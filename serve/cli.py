@@ -12,7 +12,7 @@ from feather.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="feather-serve",
         description="Serve an exported FEATHER chain over HTTP (OpenAI /v1/chat/completions), "
                     "or write a Triton model repository for it (--triton-repo).")
