@@ -30,7 +30,9 @@ KV_NAMES = {"cache_key": "cache.%d.key", "cache_value": "cache.%d.value",
 
 
 class VisionGraph(nn.Module):
-    """Vision tower at the checkpoint's feature layer (CLS dropped) + projector."""
+    """Vision tower at the checkpoint's feature layer + projector. ``default`` drops CLIP's CLS
+    token, ``full`` keeps every token (SigLIP has no CLS); either way the output is the G x G
+    patches (``feather.hf.checkpoint`` refuses any other combination)."""
 
     input_names = ["pixel_values"]
     output_names = ["image_features"]
@@ -39,11 +41,12 @@ class VisionGraph(nn.Module):
     def __init__(self, llava):
         super().__init__()
         self.llava = llava
+        self.drop = 1 if llava.config.vision_feature_select_strategy == "default" else 0
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         cfg = self.llava.config
         out = self.llava.model.vision_tower(pixel_values, output_hidden_states=True)
-        feats = out.hidden_states[cfg.vision_feature_layer][:, 1:]  # [1, N, d_v], CLS dropped
+        feats = out.hidden_states[cfg.vision_feature_layer][:, self.drop :]  # [1, N, d_v]
         return self.llava.model.multi_modal_projector(feats)  # [1, N, d]
 
 

@@ -2,10 +2,10 @@
 behind the tiny checkpoint (``feather.tiny``), the benchmark checkpoint
 (``feather.bench.checkpoint``) and the test geometries (``tests/checkpoints.py``).
 
-A ``Spec`` names what differs between them (text family and widths, the CLIP tower and
-its image grid, the seed, a few init choices); everything else is shared: a byte-level
-BPE trained with ``tokenizers`` on a seeded corpus (512 tokens, ``<image>`` included), a
-``LlavaProcessor`` with CLIP's preprocessing, random weights at std 0.2 (at HF's default
+A ``Spec`` names what differs between them (text family and widths, the vision tower (CLIP
+or SigLIP) and its image grid, the seed, a few init choices); everything else is shared: a
+byte-level BPE trained with ``tokenizers`` on a seeded corpus (512 tokens, ``<image>``
+included), a ``LlavaProcessor`` with the tower's preprocessing, random weights at std 0.2 (at HF's default
 0.02 greedy decoding repeats one token), a projector scaled up so that image content
 moves the answer, and ``save_pretrained`` into a partial folder renamed into place, so an
 interrupted build leaves nothing half-written. Everything is seeded: one spec always
@@ -26,6 +26,7 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 VOCAB_SIZE = 512
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SIGLIP_MEAN = SIGLIP_STD = [0.5, 0.5, 0.5]
 
 _WORDS = (
     "the a an this that image photo picture shows there is are of in on at with near left right top "
@@ -41,10 +42,17 @@ TEXT_FAMILIES: dict[str, tuple[str, dict]] = {
     "qwen2": ("Qwen2Config", {"rope_theta": 10000.0, "use_sliding_window": False, "tie_word_embeddings": False}),
 }
 
+# vision tower -> (transformers config class, select strategy giving the G x G patches)
+TOWERS: dict[str, tuple[str, str]] = {
+    "clip": ("CLIPVisionConfig", "default"),  # CLS first, dropped by "default"
+    "siglip": ("SiglipVisionConfig", "full"),  # no CLS: "full" is the grid (llava-interleave)
+}
+
 
 @dataclass(frozen=True)
 class Text:
-    """The language model's geometry. ``head_dim=None`` leaves it to the family (hidden / heads)."""
+    """The language model's geometry. ``head_dim=None`` leaves it to the family (hidden / heads);
+    ``tie_embeddings=None`` leaves it to the family too (True: the LM head is the embedding)."""
 
     hidden: int
     ffn: int
@@ -54,6 +62,7 @@ class Text:
     head_dim: int | None = None
     family: str = "llama"
     max_positions: int = 4096
+    tie_embeddings: bool | None = None
 
     def __post_init__(self):
         if self.family not in TEXT_FAMILIES:
@@ -62,7 +71,7 @@ class Text:
 
 @dataclass(frozen=True)
 class Vision:
-    """The CLIP tower; LLaVA reads the hidden states of ``feature_layer``."""
+    """The vision tower (``clip`` or ``siglip``); LLaVA reads the hidden states of ``feature_layer``."""
 
     hidden: int
     ffn: int
@@ -71,10 +80,19 @@ class Vision:
     image_size: int = 336
     patch_size: int = 14
     feature_layer: int = -2
+    tower: str = "clip"
+
+    def __post_init__(self):
+        if self.tower not in TOWERS:
+            raise ValueError(f"tower: got {self.tower!r}, expected one of {', '.join(TOWERS)}")
+
+    @property
+    def select_strategy(self) -> str:
+        return TOWERS[self.tower][1]
 
     @property
     def image_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2  # the CLS token is dropped ("default")
+        return (self.image_size // self.patch_size) ** 2  # the G x G patches (CLIP's CLS dropped)
 
 
 @dataclass(frozen=True)
@@ -125,10 +143,12 @@ def build_tokenizer():
 def build_config(spec: Spec, vocab_size: int, image_token_id: int, pad_id: int):
     """The ``LlavaConfig`` of ``spec``."""
     import transformers
-    from transformers import CLIPVisionConfig, LlavaConfig
+    from transformers import LlavaConfig
 
     t, v = spec.text, spec.vision
     cls_name, family_kwargs = TEXT_FAMILIES[t.family]
+    if t.tie_embeddings is not None:
+        family_kwargs = {**family_kwargs, "tie_word_embeddings": t.tie_embeddings}
     optional = {"head_dim": t.head_dim, "pad_token_id": pad_id if spec.pad_in_config else None}
     text = getattr(transformers, cls_name)(
         vocab_size=vocab_size, hidden_size=t.hidden, intermediate_size=t.ffn, num_hidden_layers=t.layers,
@@ -136,34 +156,47 @@ def build_config(spec: Spec, vocab_size: int, image_token_id: int, pad_id: int):
         initializer_range=0.2, bos_token_id=1, eos_token_id=2,
         **family_kwargs, **{k: x for k, x in optional.items() if x is not None},
     )
-    vision = CLIPVisionConfig(
+    tower_kwargs = {"projection_dim": v.hidden} if v.tower == "clip" else {"vision_use_head": False}
+    vision = getattr(transformers, TOWERS[v.tower][0])(
         hidden_size=v.hidden, intermediate_size=v.ffn, num_hidden_layers=v.layers, num_attention_heads=v.heads,
-        image_size=v.image_size, patch_size=v.patch_size, projection_dim=v.hidden,
+        image_size=v.image_size, patch_size=v.patch_size, **tower_kwargs,
     )
     pad = {"pad_token_id": pad_id} if spec.pad_in_config else {}
     return LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=image_token_id,
-        vision_feature_layer=v.feature_layer, vision_feature_select_strategy="default",
+        vision_feature_layer=v.feature_layer, vision_feature_select_strategy=v.select_strategy,
         image_seq_length=v.image_tokens, **pad,
     )
 
 
 def build_processor(tok, vision: Vision):
-    """A ``LlavaProcessor`` around ``tok``: CLIP preprocessing at ``vision.image_size``."""
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+    """A ``LlavaProcessor`` around ``tok`` with the tower's preprocessing at ``vision.image_size``:
+    CLIP's (shortest-edge resize, center crop) or SigLIP's (straight resize to a square, no
+    crop, bicubic, mean = std = 0.5, as llava-interleave ships it)."""
+    from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
+    cls = TOWERS[vision.tower][1] == "default"  # one token before the patches, dropped by "default"
+    return LlavaProcessor(
+        image_processor=_image_processor(vision), tokenizer=hf_tok, patch_size=vision.patch_size,
+        vision_feature_select_strategy=vision.select_strategy, num_additional_image_tokens=int(cls),
+    )
+
+
+def _image_processor(vision: Vision):
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
     side = vision.image_size
-    image_processor = CLIPImageProcessor(
+    if vision.tower == "siglip":
+        return SiglipImageProcessor(
+            size={"height": side, "width": side}, resample=3, image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
+        )
+    return CLIPImageProcessor(
         size={"shortest_edge": side}, crop_size={"height": side, "width": side},
         image_mean=CLIP_MEAN, image_std=CLIP_STD,
-    )
-    return LlavaProcessor(
-        image_processor=image_processor, tokenizer=hf_tok, patch_size=vision.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
     )
 
 

@@ -22,3 +22,21 @@ QWEN = checkpoints.Spec(
 def build_qwen_llava(out: Path) -> Path:
     """Build the ``QWEN`` geometry into ``out`` and return it."""
     return checkpoints.build(QWEN, out)
+
+
+# llava-interleave's shape: a SigLIP tower at 384 px / patch 14 (27 x 27 = 729 image tokens,
+# no CLS, vision_feature_select_strategy "full", read at its last layer), a Qwen2 text model
+# whose LM head is its embedding (tie_word_embeddings), enough layers for K = 8 16.
+SIGLIP = checkpoints.Spec(
+    text=checkpoints.Text(family="qwen2", hidden=64, ffn=160, layers=18, heads=4, kv_heads=2, max_positions=2048,
+                          tie_embeddings=True),
+    vision=checkpoints.Vision(hidden=32, ffn=64, layers=2, heads=2, image_size=384, patch_size=14, feature_layer=-1,
+                              tower="siglip"),
+    seed=2,
+    pad_in_config=False,
+)
+
+
+def build_siglip_llava(out: Path) -> Path:
+    """Build the ``SIGLIP`` geometry into ``out`` and return it."""
+    return checkpoints.build(SIGLIP, out)

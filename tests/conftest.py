@@ -84,3 +84,26 @@ def export_qwen_none(qwen_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def export_qwen_feather(qwen_path, tmp_path_factory):
     return _export(tmp_path_factory, "qwen-feather", str(qwen_path), K=(4, 12))
+
+
+# ---- the LLaVA family beyond 1.5 (tests/family) ----
+
+
+@pytest.fixture(scope="session")
+def siglip_path(tmp_path_factory):
+    """llava-interleave's shape: SigLIP 384 / 14 (27 x 27 = 729 tokens, no CLS, "full"), Qwen2 with
+    tied embeddings, 18 layers (K = 8 16)."""
+    from tests.checkpoints import build_siglip_llava
+
+    return build_siglip_llava(tmp_path_factory.mktemp("siglip-llava"))
+
+
+@pytest.fixture(scope="session")
+def export_siglip_none(siglip_path, tmp_path_factory):
+    return _export(tmp_path_factory, "siglip-none", str(siglip_path), criterion="none")
+
+
+@pytest.fixture(scope="session")
+def export_siglip_feather(siglip_path, tmp_path_factory):
+    """FEATHER with the defaults (K = 8 16, R = 0.7, s = 3, static) on the 27 x 27 grid."""
+    return _export(tmp_path_factory, "siglip-feather", str(siglip_path))

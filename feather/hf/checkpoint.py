@@ -12,6 +12,10 @@ DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 TEXT_BACKBONES = ("llama", "mistral", "qwen2")
 """Text models whose decoder layers share Llama's shape (RMSNorm, q/k/v/o, rotate-half RoPE,
 gated MLP); Qwen2 adds q/k/v biases, which its own projections carry."""
+VISION_TOWERS = {"clip_vision_model": 1, "siglip_vision_model": 0}
+"""Vision towers -> how many tokens they put before the G x G patches (CLIP's CLS; SigLIP has none)."""
+SELECT_DROPS = {"default": 1, "full": 0}
+"""``vision_feature_select_strategy`` -> how many leading tokens LLaVA drops (``default`` drops one)."""
 
 
 def resolve(model: str) -> str:
@@ -51,13 +55,29 @@ def _check_supported(model: str, config) -> None:
     text_type = config.text_config.model_type
     if text_type not in TEXT_BACKBONES:
         raise ModelError(f"{model}: text model {text_type!r} is not supported; expected one of {TEXT_BACKBONES}")
-    if config.vision_feature_select_strategy != "default":
-        raise ModelError(
-            f"{model}: vision_feature_select_strategy {config.vision_feature_select_strategy!r}; "
-            "expected 'default' (image tokens on a square patch grid)"
-        )
     if not isinstance(config.vision_feature_layer, int):
         raise ModelError(f"{model}: vision_feature_layer {config.vision_feature_layer!r}; expected one layer index")
+    _check_grid(model, config)
+
+
+def _check_grid(model: str, config) -> None:
+    """The selected features must be exactly the G x G patches: CLIP's CLS dropped (``default``),
+    SigLIP's patches taken whole (``full``); anything else is not a square grid to prune on."""
+    tower, strategy = config.vision_config.model_type, config.vision_feature_select_strategy
+    if tower not in VISION_TOWERS:
+        raise ModelError(f"{model}: vision tower {tower!r} is not supported; expected one of {tuple(VISION_TOWERS)}")
+    if strategy not in SELECT_DROPS:
+        raise ModelError(f"{model}: vision_feature_select_strategy {strategy!r}; expected one of {tuple(SELECT_DROPS)}")
+    extra = VISION_TOWERS[tower] - SELECT_DROPS[strategy]  # tokens beside the G x G patches
+    if extra != 0:
+        v = config.vision_config
+        g = v.image_size // v.patch_size
+        n = g * g + extra
+        what = "the CLS token stays in front of the patches" if extra > 0 else "the first patch is dropped"
+        raise ModelError(
+            f"{model}: vision_feature_select_strategy {strategy!r} on a {tower} gives {n} image tokens "
+            f"({what}), not a square {g} x {g} grid; FEATHER's criteria need one"
+        )
 
 
 def load(model: str, dtype=None):
@@ -78,7 +98,7 @@ def load(model: str, dtype=None):
 def geometry(config) -> Dims:
     """The numbers the method, the export and the manifest need, as the manifest's ``Dims``."""
     t, v = config.text_config, config.vision_config
-    patches = (v.image_size // v.patch_size) ** 2
+    patches = (v.image_size // v.patch_size) ** 2  # the selected features: G x G patches (see _check_grid)
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     return Dims(
         num_layers=t.num_hidden_layers, hidden=t.hidden_size, heads=t.num_attention_heads,
