@@ -62,6 +62,7 @@ def check_manifest(m: Manifest) -> None:
     _name("tokenizer", m.tokenizer)
     for name in m.files:
         _name(join_path("files", name), name)
+    _engines(m)
 
 
 def _choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -215,6 +216,42 @@ def _stages(m: Manifest) -> None:
             fail(f"segments[{i}].outputs", f"{what}{'' if wants else ' but no stage at its end ranks by it'}")
         if seg.n_image_in is not None and seg.n_image_in != n_in:
             fail(f"segments[{i}].n_image_in", f"{seg.n_image_in}, expected {n_in} from the stages before it")
+
+
+ENGINE_FOLDER = "engines"
+MAX_PROFILE_DIM = 1 << 22
+"""Where feather-build writes engines (exempt from ``files``; each engine carries its sha256)."""
+
+
+def _engines(m: Manifest) -> None:
+    """Each engine: a plain name under engines/, built from a graph this manifest names, with
+    sha256 digests and profiles whose [min, opt, max] shapes are ordered and of one rank."""
+    graphs = {name for _, name in m.graph_files()}
+    for i, e in enumerate(m.engines):
+        where = f"engines[{i}]"
+        _name(f"{where}.file", e.file)
+        if not e.file.startswith(ENGINE_FOLDER + "/"):
+            fail(f"{where}.file", f"{e.file!r} is not under {ENGINE_FOLDER}/")
+        if e.graph not in graphs:
+            fail(f"{where}.graph", f"{e.graph!r} is not a graph file of this export")
+        for key in ("sha256", "graph_sha256"):
+            digest = getattr(e, key)
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                fail(f"{where}.{key}", "expected 64 lowercase hex digits")
+        if not e.profiles:
+            fail(f"{where}.profiles", "expected at least one optimization profile")
+        for j, profile in enumerate(e.profiles):
+            for tensor, shapes in profile.shapes.items():
+                _profile_shapes(join_path(f"{where}.profiles[{j}].shapes", tensor), shapes)
+
+
+def _profile_shapes(path: str, shapes: list[list[int]]) -> None:
+    _length(path, shapes, 3, "[min, opt, max] shapes")
+    if len({len(s) for s in shapes}) != 1:
+        fail(path, "min, opt and max shapes differ in rank")
+    for lo, opt, hi in zip(*shapes):
+        if not 0 <= lo <= opt <= hi <= MAX_PROFILE_DIM:
+            fail(path, f"dims {lo}, {opt}, {hi}: expected 0 <= min <= opt <= max <= {MAX_PROFILE_DIM}")
 
 
 def plain_name(name: str) -> bool:

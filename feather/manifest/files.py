@@ -23,7 +23,7 @@ from feather.manifest.schema import Manifest
 _CHUNK = 1 << 20  # sha256 reads 1 MiB at a time
 _TMP_PREFIX, _TMP_SUFFIX = f".{MANIFEST_NAME}.", ".tmp"
 MAX_MANIFEST_BYTES = 16 << 20  # a real feather.json is a few KB
-RUNTIME_FOLDERS = ("trt-cache",)
+RUNTIME_FOLDERS = ("trt-cache", "engines")
 """Folders the runtime itself may write into an export (never hashed, never read as graphs)."""
 
 

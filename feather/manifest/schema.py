@@ -164,6 +164,31 @@ class Tolerance:
 
 
 @dataclass
+class EngineProfile:
+    """One TensorRT optimization profile: ``shapes[tensor] = [min, opt, max]`` (each a shape)."""
+
+    name: str  # what it serves: prefill, decode, or all
+    shapes: dict[str, list[list[int]]]
+
+
+@dataclass
+class EngineSpec:
+    """A TensorRT engine built from ``graph`` by ``feather-build``, for one GPU and TensorRT
+    version (engines are not portable). It lives under ``engines/``, which the runtime's
+    integrity check leaves alone; its own ``sha256`` is checked before it is deserialized."""
+
+    graph: str  # the graph file it was built from (a ``file`` or ``decode_file`` above)
+    file: str  # engines/<name>.engine
+    sha256: str
+    graph_sha256: str  # the graph's sha256 at build time (a changed graph needs a rebuild)
+    tensorrt: str  # tensorrt.__version__ of the builder
+    gpu: str  # the GPU's name
+    compute_capability: str  # "8.7"
+    precision: str  # as-exported, fp16 or bf16
+    profiles: list[EngineProfile]
+
+
+@dataclass
 class Manifest:
     """Everything the runtime needs, as written to ``feather.json``."""
 
@@ -185,6 +210,7 @@ class Manifest:
     max_seq: int
     tolerance: Tolerance
     files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 hex
+    engines: list[EngineSpec] = field(default_factory=list)  # written by feather-build
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:

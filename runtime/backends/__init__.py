@@ -6,12 +6,16 @@ from __future__ import annotations
 from feather.errors import BackendError
 from feather.runtime.backends.base import Backend, KVBuffer, Session, Value
 
-PROVIDERS = ("cpu", "cuda", "tensorrt")
+PROVIDERS = ("cpu", "cuda", "tensorrt", "tensorrt-native")
 """``provider`` names ``Pipeline.load`` takes; each maps to a backend below."""
 
 
 def get(provider: str = "cpu", threads: int | None = None) -> Backend:
     """The backend for ``provider``; ``BackendError`` in one line for an unknown one."""
+    if provider == "tensorrt-native":  # feather-build's engines (runtime/backends/tensorrt.py)
+        from feather.runtime.backends.tensorrt import TrtBackend
+
+        return TrtBackend()
     if provider in PROVIDERS:
         from feather.runtime.backends.onnxruntime import OrtBackend
 

@@ -1,0 +1,46 @@
+"""``feather-build EXPORT_DIR``: TensorRT engines for this GPU, beside the graphs (export/engines.py).
+
+    feather-build feather-export --dry-run              # the plan; needs no TensorRT
+    feather-build feather-export --workspace-gb 4 --timing-cache ~/.cache/feather-vlm/trt.cache
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from feather import cli
+from feather.export import engines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="feather-build", description="Build TensorRT engines for an export folder.")
+    parser.add_argument("folder", help="export folder (feather-export's output)")
+    parser.add_argument("--precision", default="as-exported", choices=engines.PRECISIONS,
+                        help="as-exported (strongly typed: the graphs' dtypes decide; default), fp16 or bf16 "
+                             "(builder flag over an fp32 export; TensorRT 10 only)")
+    parser.add_argument("--workspace-gb", type=cli.finite_float, default=None, metavar="N",
+                        help="cap TensorRT's builder workspace (default: TensorRT's, the device memory)")
+    parser.add_argument("--timing-cache", default=None, metavar="FILE",
+                        help="read and update this timing cache, so later builds skip measured tactics")
+    parser.add_argument("--dry-run", action="store_true", help="print the build plan and exit (no TensorRT needed)")
+    return parser
+
+
+def _body(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        print("\n".join(engines.plan(args.folder, precision=args.precision).lines()))
+        return 0
+    built = engines.build(args.folder, precision=args.precision, workspace_gb=args.workspace_gb,
+                          timing_cache=args.timing_cache)
+    first = built.engines[-1]
+    print(f"{len(built.engines)} engines for {first.gpu} (compute {first.compute_capability}), "
+          f"TensorRT {first.tensorrt}, recorded in {cli.shown(args.folder)}/feather.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
