@@ -40,6 +40,7 @@ _WORDS = (
 TEXT_FAMILIES: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {"rms_norm_eps": 1e-5}),  # Llama-2's eps
     "qwen2": ("Qwen2Config", {"rope_theta": 10000.0, "use_sliding_window": False, "tie_word_embeddings": False}),
+    "mistral": ("MistralConfig", {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "sliding_window": 4096}),  # bakLlava's
 }
 
 # vision tower -> (transformers config class, select strategy giving the G x G patches)

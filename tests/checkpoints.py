@@ -40,3 +40,19 @@ SIGLIP = checkpoints.Spec(
 def build_siglip_llava(out: Path) -> Path:
     """Build the ``SIGLIP`` geometry into ``out`` and return it."""
     return checkpoints.build(SIGLIP, out)
+
+
+# BakLLaVA's shape: a Mistral text model (GQA 4:1, sliding window 4096, longer than any prompt
+# here) under a CLIP tower read at layer -2 with "default"; 224 px / patch 14 (16 x 16 = 256
+# tokens) keeps it quick, the 336 px grid being the tiny checkpoint's.
+MISTRAL = checkpoints.Spec(
+    text=checkpoints.Text(family="mistral", hidden=64, ffn=160, layers=10, heads=4, kv_heads=1, head_dim=16,
+                          max_positions=4096),
+    vision=checkpoints.Vision(hidden=32, ffn=64, layers=2, heads=2, image_size=224, patch_size=14),
+    seed=3,
+)
+
+
+def build_mistral_llava(out: Path) -> Path:
+    """Build the ``MISTRAL`` geometry into ``out`` and return it."""
+    return checkpoints.build(MISTRAL, out)

@@ -107,3 +107,21 @@ def export_siglip_none(siglip_path, tmp_path_factory):
 def export_siglip_feather(siglip_path, tmp_path_factory):
     """FEATHER with the defaults (K = 8 16, R = 0.7, s = 3, static) on the 27 x 27 grid."""
     return _export(tmp_path_factory, "siglip-feather", str(siglip_path))
+
+
+@pytest.fixture(scope="session")
+def mistral_path(tmp_path_factory):
+    """BakLLaVA's shape: Mistral text (GQA 4:1), CLIP at 224 / 14 (16 x 16 = 256 tokens), 10 layers."""
+    from tests.checkpoints import build_mistral_llava
+
+    return build_mistral_llava(tmp_path_factory.mktemp("mistral-llava"))
+
+
+@pytest.fixture(scope="session")
+def export_mistral_none(mistral_path, tmp_path_factory):
+    return _export(tmp_path_factory, "mistral-none", str(mistral_path), criterion="none")
+
+
+@pytest.fixture(scope="session")
+def export_mistral_feather(mistral_path, tmp_path_factory):
+    return _export(tmp_path_factory, "mistral-feather", str(mistral_path), K=(3, 6))
