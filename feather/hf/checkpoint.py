@@ -90,9 +90,21 @@ def load(model: str, dtype=None):
     net = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32).eval()
     try:
         processor = AutoProcessor.from_pretrained(path)
+        _use_pil_backend(processor, path)
     except (OSError, ValueError) as err:
         raise ModelError(f"{model}: cannot load its processor ({str(err).splitlines()[0]})") from None
     return net, processor
+
+
+def _use_pil_backend(processor, path: str) -> None:
+    """transformers 5 gives the torchvision image processor when torchvision is installed; its
+    resize is not Pillow's, and the runtime replays Pillow (``feather.runtime.preprocess``). The PIL
+    backend keeps export's ``ImageSpec``, the reference and the runtime on the same pixels."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and getattr(image_processor, "backend", "pil") != "pil":
+        from transformers import AutoImageProcessor
+
+        processor.image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
 
 
 def geometry(config) -> Dims:

@@ -137,3 +137,23 @@ def test_a_non_square_selection_is_refused_in_one_line(tmp_path, capsys, tower, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_torchvision_image_processor_is_replaced_by_the_pil_one(siglip_path, monkeypatch):
+    """With torchvision installed transformers 5 loads the torchvision backend, whose bicubic resize
+    is not Pillow's; ``load`` must hand export and the reference the PIL one the runtime replays."""
+    import transformers
+
+    from feather.hf import checkpoint
+
+    loaded = transformers.AutoProcessor.from_pretrained
+
+    def torchvision_like(path, **kwargs):
+        processor = loaded(path, **kwargs)
+        processor.image_processor = type("SiglipImageProcessor", (), {"backend": "torchvision"})()
+        return processor
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", torchvision_like)
+    _, processor = checkpoint.load(str(siglip_path))
+    assert processor.image_processor.backend == "pil"
+    assert type(processor.image_processor).__name__ == "SiglipImageProcessorPil"
