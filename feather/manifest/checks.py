@@ -225,7 +225,8 @@ MAX_PROFILE_DIM = 1 << 22
 
 def _engines(m: Manifest) -> None:
     """Each engine: a plain name under engines/, built from a graph this manifest names, with
-    sha256 digests and profiles whose [min, opt, max] shapes are ordered and of one rank."""
+    sha256 digests and profiles (none for a static graph) whose [min, opt, max] shapes are
+    ordered and of one rank."""
     graphs = {name for _, name in m.graph_files()}
     for i, e in enumerate(m.engines):
         where = f"engines[{i}]"
@@ -238,8 +239,6 @@ def _engines(m: Manifest) -> None:
             digest = getattr(e, key)
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 fail(f"{where}.{key}", "expected 64 lowercase hex digits")
-        if not e.profiles:
-            fail(f"{where}.profiles", "expected at least one optimization profile")
         for j, profile in enumerate(e.profiles):
             for tensor, shapes in profile.shapes.items():
                 _profile_shapes(join_path(f"{where}.profiles[{j}].shapes", tensor), shapes)
