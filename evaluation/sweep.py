@@ -36,9 +36,10 @@ def parse_entry(entry: str, base: PruneConfig) -> PruneConfig:
     name, _, ks = head.partition("@")
     if name not in CRITERIA:
         raise ConfigError(f"--sweep entry {entry!r}: criterion {name!r}, expected one of {', '.join(sorted(CRITERIA))}")
-    n_stages = max(1, len(CRITERIA[name].rules))
-    kw = {"criterion": name, "K": tuple(base.K)[:n_stages], "ratio": base.ratio, "stride": base.stride,
-          "mode": base.mode}
+    crit = CRITERIA[name]
+    takes_k = bool(crit.rules) and crit.fixed_k is None  # none and text_only fix their own K
+    kw = {"criterion": name, "K": tuple(base.K)[: len(crit.rules)] if takes_k else None, "ratio": base.ratio,
+          "stride": base.stride, "mode": base.mode}
     try:
         if ks:
             kw["K"] = tuple(int(k) for k in ks.split("+"))
