@@ -1,0 +1,170 @@
+"""The accuracy report: a quantized folder against the floating-point export it came from.
+
+Per graph, teacher-forced: the feeds the floating-point chain made (``Capture``) go to both
+the float graph and the quantized one (its decode graph for decode runs), and their main
+output (hidden states, logits, image features) is compared: relative error
+||q - f|| / ||f|| and cosine. Per chain, free-running on the same calibration prompts: the
+kept-index overlap (Jaccard) at every pruning stage, greedy token agreement, and the max
+logit difference over the steps where both chains saw the same tokens.
+
+``ok`` (the check) asks only what a random-weight checkpoint can answer: every graph's
+relative error within the method's bound, and finite logits. Token agreement and kept
+indices are reported, not judged: 0.1 % weight noise already flips them on random weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from feather.calibration.capture import Capture
+from feather.manifest import GraphSpec, Manifest, load_manifest
+
+
+@dataclass
+class GraphError:
+    """One graph and phase: the worst relative error and cosine over its captured runs."""
+
+    graph: str
+    file: str
+    method: str
+    phase: str
+    runs: int
+    rel_error: float
+    cosine: float
+
+
+@dataclass
+class ChainAgreement:
+    """One calibration prompt through both chains."""
+
+    prompt: str
+    tokens_equal: int  # positions where both picked the same token
+    tokens_total: int
+    leading_equal: int  # tokens before the first difference
+    jaccard: list[float]  # kept image indices per stage
+    max_logit_diff: float  # over the steps with the same prefix (the first difference included)
+
+
+@dataclass
+class Report:
+    method: str
+    bound: float
+    graphs: list[GraphError] = field(default_factory=list)
+    chains: list[ChainAgreement] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        errors = [g.rel_error for g in self.graphs]
+        finite = all(math.isfinite(c.max_logit_diff) for c in self.chains)
+        return finite and all(math.isfinite(e) and e <= self.bound for e in errors)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((g.rel_error for g in self.graphs), default=0.0)
+
+    def lines(self) -> list[str]:
+        out = [f"method {self.method}: per-graph relative error bound {self.bound:g} (teacher-forced)"]
+        for g in self.graphs:
+            flag = "" if g.rel_error <= self.bound else "  OVER BOUND"
+            out.append(f"  {g.file:<24} {g.method:<9} {g.phase:<8} runs {g.runs:>3}  rel err {g.rel_error:.4f}  "
+                       f"cosine {g.cosine:.5f}{flag}")
+        for c in self.chains:
+            jac = " ".join(f"{j:.3f}" for j in c.jaccard) or "no stages"
+            out.append(f"  chain {c.prompt[:36]!r}: tokens {c.tokens_equal}/{c.tokens_total} equal "
+                       f"({c.leading_equal} leading), kept Jaccard {jac}, max logit diff {c.max_logit_diff:.3g}")
+        out.append("check: " + ("PASS" if self.ok else "FAIL") + f" (worst rel err {self.max_rel_error:.4f})")
+        return out
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "bound": self.bound, "ok": self.ok, "max_rel_error": self.max_rel_error,
+                "graphs": [asdict(g) for g in self.graphs], "chains": [asdict(c) for c in self.chains]}
+
+
+def evaluate(capture: Capture, float_dir: str | Path, quant_dir: str | Path, method: str, bound: float,
+             threads: int | None = None, progress=None) -> Report:
+    """The report for ``quant_dir`` against ``float_dir`` on what ``capture`` recorded there."""
+    quant = load_manifest(quant_dir)
+    report = Report(method, bound)
+    for path, graph in quant.graphs_with_paths():
+        if graph.method != "float" or graph.decode_file:
+            report.graphs += graph_errors(capture, Path(float_dir), Path(quant_dir), path, graph, threads)
+        if progress is not None:
+            progress()
+    report.chains = chain_agreement(capture, quant_dir, threads)
+    return report
+
+
+def graph_errors(capture: Capture, float_dir: Path, quant_dir: Path, path: str, graph: GraphSpec,
+                 threads: int | None) -> list[GraphError]:
+    runs = capture.records.get(graph.file, [])
+    output = _main_output(graph)
+    ref = _session(float_dir / graph.file, threads)
+    phases = {"prefill": (graph.file, graph.method), "decode": (graph.decode_file or graph.file,
+                                                                graph.decode_method or graph.method)}
+    out = []
+    for phase, (file, how) in phases.items():
+        feeds = [r.feeds for r in runs if r.phase == phase]
+        if not feeds:
+            continue
+        sess = _session(quant_dir / file, threads)
+        errs, coss = zip(*(compare(ref.run([output], f)[0], sess.run([output], f)[0]) for f in feeds))
+        out.append(GraphError(path, file, how, phase, len(feeds), max(errs), min(coss)))
+    return out
+
+
+def compare(f: np.ndarray, q: np.ndarray) -> tuple[float, float]:
+    """(relative error ||q - f|| / ||f||, cosine) of two outputs, in float64."""
+    f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+    nf, nq = np.linalg.norm(f64), np.linalg.norm(q64)
+    rel = float(np.linalg.norm(q64 - f64) / nf) if nf > 0 else float(np.linalg.norm(q64))
+    cos = float(f64 @ q64 / (nf * nq)) if nf > 0 and nq > 0 else 0.0
+    return (rel if math.isfinite(rel) else math.inf), (cos if math.isfinite(cos) else 0.0)
+
+
+def chain_agreement(capture: Capture, quant_dir: str | Path, threads: int | None) -> list[ChainAgreement]:
+    from feather.runtime import Pipeline
+    from feather.runtime.check import compare as compare_results
+
+    pipe = Pipeline.load(quant_dir, threads=threads)
+    out = []
+    for sample, ref in zip(capture.samples, capture.results):
+        res = pipe.generate(str(sample.image), sample.prompt, capture.max_new_tokens)
+        cmp = compare_results(res, ref, math.inf)
+        equal = sum(a == b for a, b in zip(res.tokens, ref.tokens))
+        jac = [_jaccard(a["kept"], b["kept"]) for a, b in zip(res.stages, ref.stages)]
+        worst = max(cmp.max_abs_diff, default=0.0)
+        out.append(ChainAgreement(sample.prompt, equal, max(len(res.tokens), len(ref.tokens)), cmp.tokens_agree,
+                                  jac, worst if math.isfinite(worst) else math.inf))
+    return out
+
+
+def _jaccard(a: list[int], b: list[int]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def _main_output(graph: GraphSpec) -> str:
+    for role in ("hidden", "logits", "image_features", "embeds"):
+        if role in graph.outputs:
+            return graph.outputs[role]
+    raise KeyError(graph.file)
+
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def quantized_graphs(manifest: Manifest) -> list[str]:
+    """Files of the graphs a manifest records as quantized (empty for a float export)."""
+    return [f for _, g in manifest.graphs_with_paths() for f, how in ((g.file, g.method),
+                                                                       (g.decode_file, g.decode_method))
+            if f and how not in (None, "float")]

@@ -1,0 +1,198 @@
+"""feather-quantize on the tiny FEATHER export: capture, every method end to end, the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from feather.calibration import METHODS, evaluate
+from feather.calibration.cli import main
+from feather.export.onnx_io import check_graph
+from feather.manifest import load_manifest, save_manifest
+from feather.runtime import Pipeline
+from tests.calibration.conftest import STEPS
+
+ORT_OPS = {"int8": {"MatMulInteger", "DynamicQuantizeLinear"}, "int4": {"MatMulNBits"}}
+
+
+def _ops(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+def test_segment1_is_calibrated_on_the_pruned_sequence(captured, export_feather):
+    """Segment 1's first op gathers keep_index: what it holds is text + kept image tokens, and its
+    decode caches have exactly that many live rows (not the 602 of the unpruned prompt)."""
+    m = load_manifest(export_feather)
+    for i, result in enumerate(captured.results):
+        prompt = result.prompt_tokens
+        kept = len(result.stages[0]["kept"])
+        pruned = prompt - m.dims.n_image + kept
+        assert kept == m.pruning.stages[0].keep == 236 and pruned < prompt
+        seg1 = [r for r in captured.records["segment1.onnx"] if r.phase == "prefill"][i].feeds
+        assert seg1["hidden"].shape == (1, prompt, 64) and seg1["keep_index"].shape == (pruned,)
+        assert seg1["position_ids"].shape == (1, pruned)
+        seg2 = [r for r in captured.records["segment2.onnx"] if r.phase == "prefill"][i].feeds
+        assert seg2["hidden"].shape == (1, pruned, 64)
+        decode = [r for r in captured.records["segment1.onnx"] if r.phase == "decode"][2 * i : 2 * i + 2]
+        assert [int(r.feeds["past_len"][0]) for r in decode] == [pruned, pruned + 1]
+        assert [r.feeds["cache.8.key"].shape[2] for r in decode] == [pruned, pruned + 1]
+
+
+def test_recorded_caches_are_copies(captured):
+    """The runtime writes its cache buffers in place: the record of step 1 must not see step 2's row."""
+    first, second = [r for r in captured.records["segment0.onnx"] if r.phase == "decode"][:2]
+    a, b = first.feeds["cache.0.key"], second.feeds["cache.0.key"]
+    assert b.shape[2] == a.shape[2] + 1
+    np.testing.assert_array_equal(a, b[:, :, : a.shape[2]])
+    assert np.abs(b[:, :, -1]).max() > 0 and not np.shares_memory(a, b)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_makes_an_export_folder_the_runtime_takes(method, quantized, export_feather, sample_image):
+    done = quantized(method)
+    how = METHODS[method]
+    m = load_manifest(done.folder)  # verifies every sha256
+    assert m.target == how.target and m.tolerance.logits_abs == how.logits_abs
+    assert (m.vision.method, m.embed.method, m.vision.file) == ("float", "float", "vision.onnx")
+    for seg in m.segments:
+        assert (seg.method, seg.dtype, seg.decode_method) == (how.weights, "float32", how.decode_weights)
+        assert (seg.decode_file is not None) == (how.decode_weights is not None)
+        for file in filter(None, (seg.file, seg.decode_file)):
+            ops = _ops(done.folder / file)
+            assert "MatMul" in ops  # attention and the LM head stay float
+            if how.target == "portable":
+                check_graph(done.folder / file, "portable")  # QDQ only, no com.microsoft
+                assert "DequantizeLinear" in ops and not ops & {"MatMulInteger", "MatMulNBits"}
+            kind = seg.method if file == seg.file else seg.decode_method
+            if kind in ORT_OPS:
+                assert ORT_OPS[kind] <= ops
+    result = Pipeline.load(done.folder).generate(sample_image, "What is in this image?", max_new_tokens=5)
+    assert len(result.tokens) == 5 and [len(s["kept"]) for s in result.stages] == [236, 21]
+    assert all(np.isfinite(step).all() for step in result.logits)
+
+
+def test_lm_head_stays_float_by_default(quantized):
+    graph = onnx.load(str(quantized("int8").folder / "segment2.onnx"))
+    head = [n for n in graph.graph.node if n.name == "/lm_head/MatMul"]
+    assert len(head) == 1 and head[0].op_type == "MatMul"
+
+
+def test_tensorrt_targets_use_zero_points_of_zero_and_their_opset(quantized):
+    for method, opset, dtype in (("int8-qdq", 17, np.int8), ("int4-qdq", 21, None), ("fp8-qdq", 19, None)):
+        model = onnx.load(str(quantized(method).folder / "segment0.onnx"))
+        assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+        assert load_manifest(quantized(method).folder).opset == opset
+        inits = {i.name: i for i in model.graph.initializer}
+        zps = [n.input[2] for n in model.graph.node
+               if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2]]
+        for name in zps:
+            assert not np.any(numpy_helper.to_array(inits[name]).astype(np.float32)), name
+        if dtype is not None:
+            assert zps and all(numpy_helper.to_array(inits[z]).dtype == dtype for z in zps)
+
+
+def test_int8_segments_stay_within_the_bound(quantized):
+    report = quantized("int8").report
+    assert report.ok and len(report.graphs) == 6  # 3 segments x (prefill, decode)
+    assert 0 < report.max_rel_error <= METHODS["int8"].bound
+    assert all(g.cosine > 0.99 for g in report.graphs)
+    assert [len(c.jaccard) for c in report.chains] == [2, 2]
+    assert all(0.0 <= j <= 1.0 for c in report.chains for j in c.jaccard)
+
+
+def test_int8_int4_reports_each_phase_on_its_own_graph(quantized):
+    report = quantized("int8-int4").report
+    files = {(g.file, g.method, g.phase) for g in report.graphs}
+    assert ("segment0.onnx", "int8", "prefill") in files and ("segment0.int4.onnx", "int4", "decode") in files
+    int8 = {(g.file, g.phase): g.rel_error for g in quantized("int8").report.graphs}
+    assert [g.rel_error for g in report.graphs if g.phase == "prefill"] == \
+        [int8[(g.file, "prefill")] for g in report.graphs if g.phase == "prefill"]
+
+
+def _scale_weights(folder, factor: float) -> None:
+    """Multiply every weight scale of the int8 segments by ``factor`` (a broken quantization)."""
+    m = load_manifest(folder)
+    for seg in m.segments:
+        model = onnx.load(str(folder / seg.file))
+        for init in model.graph.initializer:
+            if init.name.endswith("_scale"):
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, init.name))
+        onnx.save(model, str(folder / seg.file))
+    save_manifest(m, folder)
+
+
+def test_scales_times_100_fail_the_check(quantized, captured, export_feather, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(quantized("int8").folder, broken)
+    _scale_weights(broken, 100.0)
+    report = evaluate(captured, export_feather, broken, "int8", METHODS["int8"].bound)
+    assert not report.ok and report.max_rel_error > 10
+    assert "check: FAIL" in report.lines()[-1]
+    intact = evaluate(captured, export_feather, quantized("int8").folder, "int8", METHODS["int8"].bound)
+    assert intact.ok and intact.max_rel_error == quantized("int8").report.max_rel_error
+
+
+def test_feather_run_takes_the_int8_int4_folder(quantized, capsys):
+    from feather.runtime.cli import main as run_main
+
+    assert run_main([str(quantized("int8-int4").folder), "--max-new-tokens", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["tokens"]) == 4 and [len(s["kept"]) for s in out["stages"]] == [236, 21]
+
+
+def test_cli_prints_the_report_as_json(export_feather, tmp_path, capsys):
+    jsonl = tmp_path / "calib.jsonl"
+    jsonl.write_text(json.dumps({"image": "../" + tmp_path.name + "/pic.png", "prompt": "What is it?"}) + "\n")
+    shutil.copy(__import__("feather.cli").cli.SAMPLE_IMAGE, tmp_path / "pic.png")
+    out_dir = tmp_path / "q"
+    code = main([str(export_feather), "--method", "int8", "-o", str(out_dir), "--calibration", str(jsonl),
+                 "--steps", "2", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["ok"] is True and data["method"] == "int8"
+    assert data["output"] == str(out_dir) and len(data["chains"]) == 1
+    saved = json.loads((out_dir / "quantization.json").read_text())
+    assert saved["calibration"] == [{"image": "pic.png", "prompt": "What is it?"}]
+    assert saved["report"]["max_rel_error"] == data["max_rel_error"]
+
+
+def _refused(args, tmp_path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "feather.calibration.cli", *args, "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))) == []
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_and_leave_nothing(export_feather, quantized, tmp_path):
+    src = str(export_feather)
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"image": "nope.png", "prompt": "What?"}\n')
+    assert "missing.jsonl:1: image" in _refused([src, "--calibration", str(missing)], tmp_path)
+    assert "nope.png: no such file" in _refused([src, "--calibration", str(missing)], tmp_path)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"image": "x.png", "prompt": \n')
+    assert "broken.jsonl:1: invalid JSON" in _refused([src, "--calibration", str(broken)], tmp_path)
+    assert "no such calibration file" in _refused([src, "--calibration", str(tmp_path / "none.jsonl")], tmp_path)
+    assert "already quantized (segment0.onnx is int8)" in _refused([str(quantized("int8").folder)], tmp_path)
+    assert "invalid choice: 'int3'" in _refused([src, "--method", "int3"], tmp_path)
+
+
+def test_unknown_method_in_the_library_is_a_config_error(export_feather, tmp_path):
+    from feather.calibration import quantize
+    from feather.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method: got 'int3', expected one of int8, int4, int8-int4"):
+        quantize(export_feather, method="int3", output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_steps_match_the_capture(captured):
+    assert captured.max_new_tokens == STEPS and all(len(r.tokens) <= STEPS for r in captured.results)
