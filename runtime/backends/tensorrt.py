@@ -198,28 +198,28 @@ class TrtSession:
                          for i in range(count)]
         self._lock = threading.Lock()
 
-    def _profile(self, index: int, name: str, fed: set[str]) -> _Profile:
+    def _profile(self, index: int, label: str, fed: set[str]) -> _Profile:
         engine, cuda = self.engine, self._backend.cuda
         context = engine.create_execution_context()
         if context is None:
             raise BackendError(f"{self.name}: TensorRT cannot create an execution context (out of GPU memory?)")
         context.set_optimization_profile_async(index, self._backend.stream)
         ranges = {}
-        for name in self.input_names:
-            static = tuple(engine.get_tensor_shape(name))
+        for tensor in self.input_names:
+            static = tuple(engine.get_tensor_shape(tensor))
             if all(d >= 0 for d in static):
-                ranges[name] = (static, static)
+                ranges[tensor] = (static, static)
             else:
-                lo, _, hi = engine.get_tensor_profile_shape(name, index)
-                ranges[name] = (tuple(lo), tuple(hi))
+                lo, _, hi = engine.get_tensor_profile_shape(tensor, index)
+                ranges[tensor] = (tuple(lo), tuple(hi))
         buffers = {}
-        for name in self.input_names:  # at the profile's max; the context learns the max shapes too
-            self._set_shape(context, name, ranges[name][1])
-            if name not in fed and name not in self._host_inputs:
-                buffers[name] = _Device(cuda, _nbytes(ranges[name][1], self.dtypes[name]))
-        for name in self.output_names:
-            buffers[name] = _Device(cuda, _nbytes(tuple(context.get_tensor_shape(name)), self.dtypes[name]))
-        return _Profile(index, name, context, ranges, buffers)
+        for tensor in self.input_names:  # at the profile's max; the context learns the max shapes too
+            self._set_shape(context, tensor, ranges[tensor][1])
+            if tensor not in fed and tensor not in self._host_inputs:
+                buffers[tensor] = _Device(cuda, _nbytes(ranges[tensor][1], self.dtypes[tensor]))
+        for tensor in self.output_names:
+            buffers[tensor] = _Device(cuda, _nbytes(tuple(context.get_tensor_shape(tensor)), self.dtypes[tensor]))
+        return _Profile(index, label, context, ranges, buffers)
 
     def _set_shape(self, context, name: str, shape) -> None:
         if not context.set_input_shape(name, tuple(shape)):
