@@ -342,6 +342,10 @@ def check_max_seq(max_seq: int, n_image: int, config) -> None:
     limit = getattr(config.text_config, "max_position_embeddings", None)
     if limit and max_seq > limit:
         raise ConfigError(f"max_seq: got {max_seq}, beyond the model's max_position_embeddings {limit}")
+    window = getattr(config.text_config, "sliding_window", None)
+    if window and getattr(config.text_config, "use_sliding_window", True) is not False and max_seq > window:
+        raise ConfigError(f"max_seq: got {max_seq}, beyond the model's sliding_window {window} (the graphs attend "
+                          "over the whole prompt, so past the window they would differ from transformers)")
 
 
 def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: int | None,

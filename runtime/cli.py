@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folder", help="export folder written by feather-export")
     cli.add_generation_args(parser)
-    parser.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt (default: %(default)s)")
+    parser.add_argument("--provider", default="cpu",
+                        help="cpu, cuda, tensorrt (ONNX Runtime's execution providers) or tensorrt-native "
+                             "(engines from feather-build) (default: %(default)s)")
     parser.add_argument("--threads", type=cli.int_in(1, cli.max_threads()), default=None,
                         help=f"intra-op threads per graph, 1..{cli.max_threads()} (4 per core)")
     parser.add_argument("--stream", action="store_true",

@@ -2,7 +2,8 @@
 
 Integrity rules (``verify_files``): feather.json lists a sha256 for every regular file in the
 folder, graphs and tokenizer included (only ``trt-cache/``, which ONNX Runtime's TensorRT
-provider writes at run time, is exempt); no file may be missing, changed, unlisted, or a
+provider writes at run time, and ``engines/``, whose engines ``feather-build`` records with
+their own sha256 in ``manifest.engines``, are exempt); no file may be missing, changed, unlisted, or a
 symbolic link; so nothing the runtime opens comes from outside the folder it was given.
 """
 
