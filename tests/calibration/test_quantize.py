@@ -162,27 +162,35 @@ def test_cli_prints_the_report_as_json(export_feather, tmp_path, capsys):
     assert saved["report"]["max_rel_error"] == data["max_rel_error"]
 
 
-def _refused(args, tmp_path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "feather.calibration.cli", *args, "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+def _refused(args, tmp_path, capsys) -> str:
+    code = main([*args, "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))) == []
     return lines[0]
 
 
-def test_bad_inputs_are_one_line_and_leave_nothing(export_feather, quantized, tmp_path):
+def test_one_line_from_a_fresh_process(export_feather, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "feather.calibration.cli", str(export_feather), "--calibration",
+                           str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "none.jsonl: no such calibration file" in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_are_one_line_and_leave_nothing(export_feather, quantized, tmp_path, capsys):
     src = str(export_feather)
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"image": "nope.png", "prompt": "What?"}\n')
-    assert "missing.jsonl:1: image" in _refused([src, "--calibration", str(missing)], tmp_path)
-    assert "nope.png: no such file" in _refused([src, "--calibration", str(missing)], tmp_path)
+    assert "missing.jsonl:1: image" in _refused([src, "--calibration", str(missing)], tmp_path, capsys)
+    assert "nope.png: no such file" in _refused([src, "--calibration", str(missing)], tmp_path, capsys)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"image": "x.png", "prompt": \n')
-    assert "broken.jsonl:1: invalid JSON" in _refused([src, "--calibration", str(broken)], tmp_path)
-    assert "no such calibration file" in _refused([src, "--calibration", str(tmp_path / "none.jsonl")], tmp_path)
-    assert "already quantized (segment0.onnx is int8)" in _refused([str(quantized("int8").folder)], tmp_path)
-    assert "invalid choice: 'int3'" in _refused([src, "--method", "int3"], tmp_path)
+    assert "broken.jsonl:1: invalid JSON" in _refused([src, "--calibration", str(broken)], tmp_path, capsys)
+    none = str(tmp_path / "none.jsonl")
+    assert "no such calibration file" in _refused([src, "--calibration", none], tmp_path, capsys)
+    assert "already quantized (segment0.onnx is int8)" in _refused([str(quantized("int8").folder)], tmp_path, capsys)
+    assert "invalid choice: 'int3'" in _refused([src, "--method", "int3"], tmp_path, capsys)
 
 
 def test_unknown_method_in_the_library_is_a_config_error(export_feather, tmp_path):
