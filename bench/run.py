@@ -11,6 +11,8 @@ Rows (each measured in its own child process, see ``feather.bench.rows``):
     g  the FEATHER chain with a long prompt (~1,500 text tokens), from an export with a
        larger --max-seq: decode at a long context, against row d and against what
        attention's extra work alone predicts (``feather.flops.decode_flops``)
+    h-m  (only with ``quantized=True``) the FEATHER chain (h, i, j) and the unpruned chain
+       (k, l, m) quantized by feather-quantize: int8, int4, int8-int4, each against row d / c
 
 The chain rows' exports go to one temporary folder, made once per run and removed at
 the end. Beside each row: the FLOPs-predicted LLM-prefill speed-up
@@ -43,6 +45,7 @@ class RowSpec:
     prune: dict = field(default_factory=lambda: {"criterion": "none"})
     baseline: str | None = None  # the unpruned row its measured speed-up is taken against
     long_prompt: bool = False  # the ~1,500-text-token prompt, on an export with LONG_MAX_SEQ
+    quant: str | None = None  # a feather-quantize method applied to the row's export
 
 
 FEATHER = {"criterion": "feather", "K": [8, 16]}
@@ -55,6 +58,11 @@ ROWS = (
     RowSpec("e", "chain, FastV", "chain", FASTV, baseline="c"),
     RowSpec("g", "chain, FEATHER, long prompt", "chain", FEATHER, long_prompt=True),
 )
+QUANT_ROWS = tuple(
+    RowSpec(rid, f"chain, {label}, {method}", "chain", prune, baseline=base, quant=method)
+    for rids, label, prune, base in (("hij", "FEATHER", FEATHER, "d"), ("klm", "unpruned", {"criterion": "none"}, "c"))
+    for rid, method in zip(rids, ("int8", "int4", "int8-int4"))
+)
 LONG_MAX_SEQ = 4096
 LONG_REPEATS = 68  # copies of the bench prompt: ~1,500 text tokens with the template (tiny BPE)
 
@@ -65,9 +73,9 @@ def long_prompt() -> str:
 
 
 def benchmark(geometry: str = "bench", repeats: int = 5, new_tokens: int = 32, threads: int | None = None,
-              openvino_python: str | None = None, log: Callable[[str], None] = print) -> dict:
+              openvino_python: str | None = None, log: Callable[[str], None] = print, quantized: bool = False) -> dict:
     """Run every row and return ``{"rows", "ratios", "targets", "checks", "peer", "geometry",
-    "machine", "source", "settings"}``."""
+    "machine", "source", "settings"}``; ``quantized`` adds rows h-m (feather-quantize)."""
     if repeats < 1 or new_tokens < 1 or (threads is not None and threads < 1):
         raise BenchError(f"repeats={repeats}, new_tokens={new_tokens}, threads={threads}: expected each >= 1")
     threads = threads or len(os.sched_getaffinity(0))
@@ -77,7 +85,8 @@ def benchmark(geometry: str = "bench", repeats: int = 5, new_tokens: int = 32, t
               "repeats": repeats, "threads": threads}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="feather-bench-") as work:
-        raw = {spec.id: _measure(spec, common, Path(work), log) for spec in ROWS}
+        rows = ROWS + (QUANT_ROWS if quantized else ())
+        raw = {spec.id: _measure(spec, common, Path(work), log) for spec in rows}
         peer = _peer(openvino_python, common, Path(work), raw, log)
     report = summarize(raw, path, geometry, new_tokens)
     report["peer"] = peer
@@ -113,6 +122,8 @@ def _measure(spec: RowSpec, common: dict, work: Path, log) -> dict:
         job["prompt"] = long_prompt()
     if spec.kind == "chain":
         job["export"] = str(_export(common["model"], spec.prune, work, log, LONG_MAX_SEQ if spec.long_prompt else None))
+        if spec.quant:
+            job["export"] = str(_quantize(Path(job["export"]), spec.quant, log))
     log(f"row {spec.id}: {spec.name}")
     result = run_child([sys.executable, "-m", "feather.bench.rows"], job, work, spec.id)
     return {"spec": spec, **result}
@@ -130,6 +141,25 @@ def _export(model: str, prune: dict, work: Path, log, max_seq: int | None = None
         extra = {"max_seq": max_seq} if max_seq else {}
         export(model=model, config=PruneConfig(**_config_args(prune)), output=out, quiet=True, **extra)
     return out
+
+
+def _quantize(export: Path, method: str, log) -> Path:
+    """``export`` quantized with ``method`` beside it (the float chain captured once per export)."""
+    from feather.calibration import quantize, record
+    from feather.calibration.data import default_set
+
+    out = export.with_name(f"{export.name}-{method}")
+    if not (out / "feather.json").exists():
+        log(f"quantize: {export.name} {method}")
+        if export not in _CAPTURES:
+            _CAPTURES[export] = record(export, default_set())
+        done = quantize(export, method=method, output=out, quiet=True, captured=_CAPTURES[export])
+        log(f"quantize: {method} max rel err {done.report.max_rel_error:.3g} "
+            f"({'PASS' if done.report.ok else 'FAIL'}), {sum(done.timings.values()):.1f} s")
+    return out
+
+
+_CAPTURES: dict = {}
 
 
 def _config_args(prune: dict) -> dict:
@@ -194,6 +224,7 @@ def _ratios(rows: dict) -> dict:
         "ttft_speedup_vs_unpruned_chain": c["ttft_s"] / d["ttft_s"],
     }
     ratios["llm_prefill_vs_flops"] = ratios["llm_prefill_speedup"] / ratios["flops_predicted_speedup"]
+    ratios.update(_quant_ratios(rows))
     if "f" in rows:
         f = rows["f"]
         ratios["openvino_ttft_vs_unpruned_chain"] = f["ttft_s"] / c["ttft_s"]
@@ -201,6 +232,17 @@ def _ratios(rows: dict) -> dict:
         ratios["feather_decode_vs_openvino"] = d["decode_tokens_per_s"] / f["decode_tokens_per_s"]
         ratios["unpruned_decode_vs_openvino"] = c["decode_tokens_per_s"] / f["decode_tokens_per_s"]
     return ratios
+
+
+def _quant_ratios(rows: dict) -> dict:
+    """Each quantized FEATHER chain against the fp32 FEATHER chain (row d), when rows h-j ran."""
+    if not {"h", "i", "j"} <= set(rows):
+        return {}
+    d, h, i, j = (rows[k] for k in "dhij")
+    return {"int8_ttft_speedup": d["ttft_s"] / h["ttft_s"],
+            "int4_decode_speedup": i["decode_tokens_per_s"] / d["decode_tokens_per_s"],
+            "int8_int4_ttft_speedup": d["ttft_s"] / j["ttft_s"],
+            "int8_int4_decode_speedup": j["decode_tokens_per_s"] / d["decode_tokens_per_s"]}
 
 
 def _targets(ratios: dict, rows: list[dict]) -> dict:
@@ -219,6 +261,11 @@ def _targets(ratios: dict, rows: list[dict]) -> dict:
         off = ratios["decode_long_vs_short"] / ratios["decode_long_vs_short_predicted"] - 1
         targets["decode_long_vs_short_within_10pct_of_predicted"] = {"value": off, "target": "|x| <= 0.10",
                                                                      "met": abs(off) <= 0.10}
+    if "int8_int4_ttft_speedup" in ratios:  # the issue: TTFT at most 0.55x, decode at least 2.2x row d
+        ttft = 1 / ratios["int8_int4_ttft_speedup"]
+        targets["int8_int4_ttft_vs_fp32"] = {"value": ttft, "target": "<= 0.55", "met": ttft <= 0.55}
+        dec = ratios["int8_int4_decode_speedup"]
+        targets["int8_int4_decode_speedup"] = {"value": dec, "target": ">= 2.2", "met": dec >= 2.2}
     for key, target in (("feather_decode_vs_openvino", 1.0), ("unpruned_decode_vs_openvino", 0.9)):
         if key in ratios:
             targets[key] = {"value": ratios[key], "target": f">= {target}", "met": ratios[key] >= target}

@@ -145,3 +145,22 @@ def test_missing_openvino_python_is_reported_not_fatal(tmp_path):
 
     why = openvino.available(str(tmp_path / "no-such-python"))
     assert why is not None and "no-such-python" in why
+
+
+def test_quantized_rows_ratios_and_targets_need_no_run():
+    """Rows h-m (``benchmark(quantized=True)``): each quantized FEATHER chain against row d."""
+    from feather.bench.run import QUANT_ROWS, _quant_ratios, _targets
+
+    assert [(r.id, r.quant, r.baseline) for r in QUANT_ROWS] == [
+        ("h", "int8", "d"), ("i", "int4", "d"), ("j", "int8-int4", "d"),
+        ("k", "int8", "c"), ("l", "int4", "c"), ("m", "int8-int4", "c")]
+    rows = {"d": {"ttft_s": 2.0, "decode_tokens_per_s": 10.0}, "h": {"ttft_s": 1.0, "decode_tokens_per_s": 12.0},
+            "i": {"ttft_s": 1.8, "decode_tokens_per_s": 25.0}, "j": {"ttft_s": 1.25, "decode_tokens_per_s": 21.0}}
+    ratios = _quant_ratios(rows)
+    assert ratios == {"int8_ttft_speedup": 2.0, "int4_decode_speedup": 2.5, "int8_int4_ttft_speedup": 1.6,
+                      "int8_int4_decode_speedup": 2.1}
+    assert _quant_ratios({"d": rows["d"]}) == {}
+    base = {"llm_prefill_vs_flops": 1.0, "ttft_vs_torch_eager": 0.4, "decode_speedup": 1.1}
+    targets = _targets({**base, **ratios}, [])
+    assert targets["int8_int4_ttft_vs_fp32"] == {"value": 0.625, "target": "<= 0.55", "met": False}
+    assert targets["int8_int4_decode_speedup"] == {"value": 2.1, "target": ">= 2.2", "met": False}
