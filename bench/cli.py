@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--openvino-python", default=None,
                         help="a Python with optimum-intel, for the optional OpenVINO row "
                              "(default: $FEATHER_OPENVINO_PYTHON; none: row left out)")
+    parser.add_argument("--quantized", action="store_true",
+                        help="add the feather-quantize rows (int8, int4, int8-int4 for the FEATHER and unpruned chains)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="write a bar chart of the stage times")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -41,7 +43,7 @@ def _body(args: argparse.Namespace) -> int:
     new_tokens = args.new_tokens if args.new_tokens is not None else 8 if args.quick else 32
     log = (lambda _: None) if args.quiet else (lambda msg: print(f"feather-bench: {msg}", file=sys.stderr))
     report = benchmark(geometry=args.geometry, repeats=repeats, new_tokens=new_tokens, threads=args.threads,
-                       openvino_python=args.openvino_python, log=log)
+                       openvino_python=args.openvino_python, log=log, quantized=args.quantized)
     report_mod.print_report(report)
     if args.json:
         report_mod.write_json(report, args.json)

@@ -77,10 +77,10 @@ def export(
     try:
         _make_parents(out.parent, created)
         remove_leftovers(out.parent)
-        tmp = _make_work_folder(out)
+        tmp = make_work_folder(out)
         _write_graphs(llava, geom, plans, tmp, precision, opset, quiet, target)
         _write_manifest(tmp, model, llava, processor, config, geom, plans, precision, opset, max_seq, target)
-        _swap_in(tmp, out, overwrite)
+        swap_in(tmp, out, overwrite)
         done = True
     except OSError as err:
         raise OutputError(_os_error(err, out)) from None
@@ -239,7 +239,7 @@ def _make_parents(folder: Path, created: list[Path]) -> None:
         created.append(p)
 
 
-def _make_work_folder(out: Path) -> Path:
+def make_work_folder(out: Path) -> Path:
     """``.<name>.partial-<pid>-<random>`` beside ``out``, with the mode a plain mkdir would
     give (mkdtemp makes 0700; the files inside follow the umask, so the folder does too)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
@@ -253,7 +253,7 @@ def _umask() -> int:
     return mask
 
 
-def _swap_in(tmp: Path, out: Path, overwrite: bool) -> None:
+def swap_in(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move the finished export into place. An existing export is renamed aside first and
     deleted only once the new one is in place, so a failure half-way leaves it intact."""
     with _signals_deferred():

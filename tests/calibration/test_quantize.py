@@ -204,3 +204,24 @@ def test_unknown_method_in_the_library_is_a_config_error(export_feather, tmp_pat
 
 def test_steps_match_the_capture(captured):
     assert captured.max_new_tokens == STEPS and all(len(r.tokens) <= STEPS for r in captured.results)
+
+
+def test_check_on_a_quantized_folder_judges_logits_by_the_methods_tolerance(quantized, capsys):
+    """--check on an INT8 chain compares with the float reference: it passes on logits within the
+    manifest's per-method tolerance (tokens and kept indices are reported, not required), and the
+    same comparison with a float folder's exact rule would be stricter."""
+    from feather.cli import SAMPLE_IMAGE
+    from feather.runtime import Pipeline
+    from feather.runtime.check import check
+    from feather.runtime.check import quantized as is_quantized
+    from feather.runtime.cli import main as run_main
+
+    folder = quantized("int8").folder
+    pipe = Pipeline.load(folder)
+    assert is_quantized(pipe.manifest) and pipe.manifest.tolerance.logits_abs > 1e-3
+    _, report = check(pipe, str(SAMPLE_IMAGE), "What is in the image?", 4)
+    assert not report.exact and report.max_abs_diff[0] > 1e-4  # really quantized, so not bit-equal
+    assert max(report.max_abs_diff) <= pipe.manifest.tolerance.logits_abs and report.ok
+    assert run_main([str(folder), "--check", "--max-new-tokens", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["check"]["ok"] is True and out["check"]["exact"] is False

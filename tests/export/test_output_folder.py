@@ -127,11 +127,11 @@ def test_a_failed_swap_leaves_the_old_export_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(api.os, "rename", rename)
     with pytest.raises(OSError, match="No space left"):
-        api._swap_in(new, out, overwrite=True)
+        api.swap_in(new, out, overwrite=True)
     assert (out / "feather.json").read_text() == "old" and (new / "feather.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial-1-abcdefgh", "out"]
     monkeypatch.setattr(api.os, "rename", real)
-    api._swap_in(new, out, overwrite=True)
+    api.swap_in(new, out, overwrite=True)
     assert (out / "feather.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
