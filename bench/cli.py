@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a Python with optimum-intel, for the optional OpenVINO row "
                              "(default: $FEATHER_OPENVINO_PYTHON; none: row left out)")
     parser.add_argument("--quantized", action="store_true",
-                        help="add the feather-quantize rows (int8, int4, int8-int4 for the FEATHER and unpruned chains)")
+                        help="add feather-quantize rows (int8, int4, int8-int4; FEATHER and unpruned chains)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="write a bar chart of the stage times")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
