@@ -51,6 +51,7 @@ def export(
     quiet: bool = False,
     max_graph_layers: int | None = None,
     target: str = "portable",
+    image_size: tuple[int, int] | None = None,
 ) -> Path:
     """Export ``model`` with ``config`` into ``output``; return the folder.
 
@@ -58,6 +59,8 @@ def export(
     peak export memory is about the model plus 3.5x its largest graph, so a 7B export on
     a machine with twice the weights in RAM wants 8 (see docs/architecture.md). ``target``
     (portable or onnxruntime) is recorded in the manifest and picks the operator allow-list.
+    ``image_size`` ``(width, height)``: the one frame size a LLaVA-NeXT export takes (it fixes the
+    tile layout, hence every token count); required for NeXT, refused for other checkpoints.
 
     Raises ``OutputError`` for an output it may not write or replace (see
     ``check_output``) or a file-system failure while writing (full disk, read-only)."""
@@ -67,19 +70,22 @@ def export(
     import torch
 
     dtype = torch.float32 if precision == "fp32" else torch.float16
+    tiles = _tiles(model_mod.load_config(model), image_size)  # refused before the weights load
     llava, processor = _load(model, dtype)
-    geom = model_mod.geometry(llava.config)
+    geom = model_mod.geometry(llava.config, tiles)
     config.check_layers(geom.num_layers)
     check_max_seq(max_seq, geom.n_image, llava.config)
     plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid, max_graph_layers)
+    if tiles is not None:
+        plans = _tiled_plans(plans, config, geom, tiles)
     created: list[Path] = []
     tmp, done = None, False
     try:
         _make_parents(out.parent, created)
         remove_leftovers(out.parent)
         tmp = make_work_folder(out)
-        _write_graphs(llava, geom, plans, tmp, precision, opset, quiet, target)
-        _write_manifest(tmp, model, llava, processor, config, geom, plans, precision, opset, max_seq, target)
+        _write_graphs(llava, geom, plans, tmp, precision, opset, quiet, target, tiles)
+        _write_manifest(tmp, model, llava, processor, config, geom, plans, precision, opset, max_seq, target, tiles)
         swap_in(tmp, out, overwrite)
         done = True
     except OSError as err:
@@ -88,6 +94,36 @@ def export(
         if not done:
             with _signals_deferred():  # a second Ctrl-C or SIGTERM must not cut the clean-up short
                 _clean_up(tmp, created)
+    return out
+
+
+def _tiles(config, image_size):
+    """The NeXT tiling for ``image_size`` (None for a square-grid LLaVA); one line for a misuse."""
+    if not model_mod.is_next(config):
+        if image_size is not None:
+            raise ConfigError("image_size: only LLaVA-NeXT checkpoints take a frame size (their tiles depend "
+                              "on it); this checkpoint resizes every image to one square")
+        return None
+    if image_size is None:
+        raise ConfigError("image_size: a LLaVA-NeXT export is for one frame size (its tile layout fixes the "
+                          "token counts); pass --image-size WIDTHxHEIGHT, your camera's resolution")
+    return model_mod.tiles(config, image_size)
+
+
+def _tiled_plans(plans: list[SegmentPlan], config: PruneConfig, geom, tiles) -> list[SegmentPlan]:
+    """Segment token counts on the NeXT layout: kept tokens (``feather.layout``) + the newlines."""
+    import dataclasses
+
+    from feather import layout
+
+    lay = layout.tiled(geom.grid, tiles.features[0], tiles.features[1], config.stride)
+    layers = [s.layer for s in config.stages]
+    counts = dict(zip(layers, lay.static_counts([s.impl for s in config.stages], config.params)))
+    out, n = [], geom.n_image
+    for p in plans:
+        if p.stage is not None:
+            n = counts[p.start] + lay.newlines
+        out.append(p if p.n_image_in is None else dataclasses.replace(p, n_image_in=n))
     return out
 
 
@@ -365,12 +401,12 @@ def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: in
 
 
 def _write_graphs(llava, geom, plans: list[SegmentPlan], folder: Path, precision, opset, quiet,
-                  target: str = "portable") -> None:
+                  target: str = "portable", tiles=None) -> None:
     """Export, check and validate every graph, one at a time; raise all mismatches at once."""
     from feather.export import segments as seg_mod
 
     dtype = next(llava.parameters()).dtype
-    jobs = [("vision.onnx", lambda: _vision_job(llava, dtype)), ("embed.onnx", lambda: _embed_job(llava))]
+    jobs = [("vision.onnx", lambda: _vision_job(llava, dtype, tiles)), ("embed.onnx", lambda: _embed_job(llava))]
     for plan in plans:
         jobs.append((plan.file, lambda p=plan: _segment_job(llava, geom, p, dtype, seg_mod)))
     failures: list[str] = []
@@ -402,15 +438,17 @@ def _export_one(module, trace: tuple, path: Path, opset: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _vision_job(llava, dtype):
+def _vision_job(llava, dtype, tiles=None):
     import torch
 
-    from feather.export.segments import VisionGraph
+    from feather.export.segments import NextVisionGraph, VisionGraph
 
     size = llava.config.vision_config.image_size
+    batch = 1 if tiles is None else 1 + tiles.grid[0] * tiles.grid[1]  # NeXT: the base image, then the tiles
     g = torch.Generator().manual_seed(0)
-    make = lambda: torch.randn(1, 3, size, size, generator=g).to(dtype)  # noqa: E731
-    return VisionGraph(llava).eval(), (make(),), [validate.Case("other pixels", (make(),))]
+    make = lambda: torch.randn(batch, 3, size, size, generator=g).to(dtype)  # noqa: E731
+    module = VisionGraph(llava) if tiles is None else NextVisionGraph(llava, tiles)
+    return module.eval(), (make(),), [validate.Case("other pixels", (make(),))]
 
 
 def _embed_job(llava):

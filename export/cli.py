@@ -28,10 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="portable", choices=("portable", "onnxruntime"),
                         help="runtime the graphs are for: portable (TensorRT and any ONNX runtime: standard ops "
                              "and QDQ) or onnxruntime (may use com.microsoft ops) (default: %(default)s)")
+    parser.add_argument("--image-size", type=_frame, default=None, metavar="WxH",
+                        help="LLaVA-NeXT only: the one frame size the export takes (e.g. 640x480, the camera's); "
+                             "it fixes the tile layout and every token count, and other sizes are refused at run time")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing export folder (one with feather.json; nothing else)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return parser
+
+
+def _frame(text: str) -> tuple[int, int]:
+    """``WxH`` -> (width, height), each 1..4096."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= 4096 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with sides 1..4096 (e.g. 640x480), got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -44,7 +55,7 @@ def _body(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = api.export(model=args.model, config=config, output=args.output, precision=args.precision,
                  max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet,
-                 max_graph_layers=args.max_graph_layers, target=args.target)
+                 max_graph_layers=args.max_graph_layers, target=args.target, image_size=args.image_size)
     if not args.quiet:
         print(f"exported {cli.shown(args.model)} -> {cli.shown(out)} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -33,7 +33,7 @@ OPT_SEQ = 640  # the TensorRT profile's opt length: a LLaVA prompt (576 image to
 
 
 def write(folder: Path, model: str, llava, processor, config: PruneConfig, geom, plans: list[SegmentPlan],
-          precision: str, opset: int, max_seq: int, target: str = "portable") -> Path:
+          precision: str, opset: int, max_seq: int, target: str = "portable", tiles=None) -> Path:
     """Save the tokenizer and feather.json (with a sha256 of every file) into ``folder``."""
     processor.tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
     image_id = llava.config.image_token_id
@@ -45,11 +45,11 @@ def write(folder: Path, model: str, llava, processor, config: PruneConfig, geom,
         target=target,
         source=_source(model, llava),
         dims=geom,
-        image=image_spec_from_processor(processor.image_processor),
+        image=image_spec_from_processor(processor.image_processor, tiles is not None),
         prompt=prompt_spec_from_processor(processor, geom.n_image, image_id),
         tokens=_tokens(llava, processor),
         tokenizer=TOKENIZER_FILE,
-        pruning=_pruning(config, plans, geom),
+        pruning=_pruning(config, plans, geom, tiles),
         vision=GraphSpec(file="vision.onnx", inputs={"pixel_values": "pixel_values"},
                          outputs={"image_features": "image_features"}, dtype=dtype),
         embed=GraphSpec(file="embed.onnx", inputs={"input_ids": "input_ids"}, outputs={"embeds": "embeds"},
@@ -59,6 +59,7 @@ def write(folder: Path, model: str, llava, processor, config: PruneConfig, geom,
         opset=opset,
         max_seq=max_seq,
         tolerance=TOLERANCES[precision],
+        tiles=tiles,
     )
     return save_manifest(manifest, folder)
 
@@ -75,8 +76,13 @@ def _tokens(llava, processor) -> TokenSpec:
     return TokenSpec(eos=[int(e) for e in eos], pad=tok.pad_token_id, bos=tok.bos_token_id)
 
 
-def _pruning(config: PruneConfig, plans: list[SegmentPlan], geom) -> PruningSpec:
+def _pruning(config: PruneConfig, plans: list[SegmentPlan], geom, tiles=None) -> PruningSpec:
     counts = config.keep_counts(geom.n_image, geom.grid)
+    if tiles is not None:  # NeXT: the rules on the tiled layout (feather.layout), newlines not counted
+        from feather import layout
+
+        lay = layout.tiled(geom.grid, tiles.features[0], tiles.features[1], config.stride)
+        counts = lay.static_counts([s.impl for s in config.stages], config.params)
     stages = [StageSpec(layer=s.layer, rule=s.rule, rope=s.rope, keep=n) for s, n in zip(config.stages, counts)]
     d = config.to_dict()
     return PruningSpec(criterion=d["criterion"], K=d["K"], ratio=float(d["ratio"]), stride=d["stride"],

@@ -21,11 +21,14 @@ SUPPORTED_IMAGE_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor")
 """Base names (``Pil`` / ``Fast`` suffix dropped) whose pipeline is resize, crop, rescale, normalize."""
 
 
-def image_spec_from_processor(image_processor) -> ImageSpec:
-    """The ``ImageSpec`` that reproduces ``image_processor`` (a CLIP or SigLIP image processor).
+def image_spec_from_processor(image_processor, tiled: bool = False) -> ImageSpec:
+    """The ``ImageSpec`` that reproduces ``image_processor`` (a CLIP or SigLIP image processor;
+    with ``tiled``, a LLaVA-NeXT one, see ``next_image_spec``).
 
     Raises ``ModelError`` naming the attribute the runtime cannot reproduce."""
     ip = image_processor
+    if tiled:
+        return next_image_spec(ip)
     _check_supported(ip)
     crop, shortest = _crop_and_resize(ip)
     mean, std = _channels(ip, "image_mean"), _channels(ip, "image_std")
@@ -39,6 +42,31 @@ def image_spec_from_processor(image_processor) -> ImageSpec:
         mean=mean,
         std=std,
         convert_rgb=bool(getattr(ip, "do_convert_rgb", False)),  # None: transformers skips it too
+    )
+
+
+def next_image_spec(ip) -> ImageSpec:
+    """A ``LlavaNextImageProcessor``'s per-image steps as an ``ImageSpec`` of ``size`` S x S.
+
+    Every image it feeds the tower is already S x S before its own resize and crop: the base is
+    the frame resized straight to S x S, each tile an S x S cut of the padded frame. So its
+    shortest-edge resize to S and centre crop to S x S change nothing, and the spec is a straight
+    resize (of the base; tiles are cut at ``TileSpec`` sizes by the runtime), rescale, normalize."""
+    name = type(ip).__name__.removesuffix("Pil").removesuffix("Fast")
+    if name != "LlavaNextImageProcessor":
+        raise ModelError(f"image_processor: {type(ip).__name__} is not supported for LLaVA-NeXT; "
+                         "expected LlavaNextImageProcessor")
+    size, crop = _size(ip.size), _size(getattr(ip, "crop_size", None))
+    side = size.get("shortest_edge")
+    if set(size) != {"shortest_edge"} or crop != {"height": side, "width": side}:
+        raise ModelError(f"image_processor.size: {size} with crop_size {crop}; expected a shortest edge S "
+                         "and an S x S crop (llava-v1.6's)")
+    mean, std = _channels(ip, "image_mean"), _channels(ip, "image_std")
+    return ImageSpec(
+        size=[int(side), int(side)], resize_shortest_edge=None, resample=resample_name(getattr(ip, "resample", None)),
+        center_crop=False, rescale_factor=float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else 1.0,
+        normalize=bool(getattr(ip, "do_normalize", False)), mean=mean, std=std,
+        convert_rgb=bool(getattr(ip, "do_convert_rgb", False)),
     )
 
 

@@ -50,6 +50,45 @@ class VisionGraph(nn.Module):
         return self.llava.model.multi_modal_projector(feats)  # [1, N, d]
 
 
+class NextVisionGraph(nn.Module):
+    """LLaVA-NeXT for one frame size (``TileSpec``): the base image and the tiles as one batch
+    through the tower and projector, then transformers' packing with static shapes (the tiling
+    is fixed, so the unpadding is a constant slice; tracing ``pack_image_features`` itself
+    would turn its Python size arithmetic into tensors):
+
+        pixel_values [1 + R*C, 3, S, S] -> features [1 + R*C, G*G, d]
+          base: [0]                                                    -> [G*G, d]
+          tiles: [1:] -> [R, C, G, G, d] -> [R*G, C*G, d] -> crop [h', w', d]
+                 -> concat image_newline per row -> [h', w' + 1, d]    -> [h' * (w' + 1), d]
+        image_features = concat(base, tiles)                           -> [1, N, d]
+    """
+
+    input_names = ["pixel_values"]
+    output_names = ["image_features"]
+    dynamic_axes: dict = {}
+
+    def __init__(self, llava, tiles):
+        super().__init__()
+        self.llava = llava
+        self.rows, self.cols = tiles.grid
+        self.g = llava.config.vision_config.image_size // llava.config.vision_config.patch_size
+        self.fh, self.fw = tiles.features
+        self.top = (self.rows * self.g - self.fh) // 2  # unpad_image's centred crop
+        self.left = (self.cols * self.g - self.fw) // 2
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        cfg, model, g = self.llava.config, self.llava.model, self.g
+        out = model.vision_tower(pixel_values, output_hidden_states=True)
+        feats = model.multi_modal_projector(out.hidden_states[cfg.vision_feature_layer][:, 1:])  # [T, G*G, d]
+        d = feats.shape[-1]
+        grid = feats[1:].reshape(self.rows, self.cols, g, g, d).permute(0, 2, 1, 3, 4)  # [R, G, C, G, d]
+        grid = grid.reshape(self.rows * g, self.cols * g, d)  # [R*G, C*G, d]
+        grid = grid[self.top : self.top + self.fh, self.left : self.left + self.fw]  # [h', w', d]
+        newline = model.image_newline.to(feats.dtype)[None, None, :].expand(self.fh, 1, d)  # [h', 1, d]
+        tiles = torch.cat([grid, newline], dim=1).reshape(self.fh * (self.fw + 1), d)
+        return torch.cat([feats[0], tiles], dim=0)[None]  # [1, N, d]
+
+
 class EmbedGraph(nn.Module):
     """Token embeddings; the runtime splices the image features into the image span."""
 

@@ -82,6 +82,7 @@ class Vision:
     patch_size: int = 14
     feature_layer: int = -2
     tower: str = "clip"
+    pinpoints: tuple[tuple[int, int], ...] | None = None  # set: a LLaVA-NeXT (tiles at these resolutions)
 
     def __post_init__(self):
         if self.tower not in TOWERS:
@@ -163,6 +164,12 @@ def build_config(spec: Spec, vocab_size: int, image_token_id: int, pad_id: int):
         image_size=v.image_size, patch_size=v.patch_size, **tower_kwargs,
     )
     pad = {"pad_token_id": pad_id} if spec.pad_in_config else {}
+    if v.pinpoints is not None:
+        return transformers.LlavaNextConfig(
+            vision_config=vision, text_config=text, image_token_index=image_token_id,
+            vision_feature_layer=v.feature_layer, vision_feature_select_strategy=v.select_strategy,
+            image_grid_pinpoints=[list(p) for p in v.pinpoints], image_seq_length=v.image_tokens, **pad,
+        )
     return LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=image_token_id,
         vision_feature_layer=v.feature_layer, vision_feature_select_strategy=v.select_strategy,
@@ -181,6 +188,13 @@ def build_processor(tok, vision: Vision):
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
     cls = TOWERS[vision.tower][1] == "default"  # one token before the patches, dropped by "default"
+    if vision.pinpoints is not None:
+        from transformers import LlavaNextProcessor
+
+        return LlavaNextProcessor(
+            image_processor=_next_image_processor(vision), tokenizer=hf_tok, patch_size=vision.patch_size,
+            vision_feature_select_strategy=vision.select_strategy, num_additional_image_tokens=int(cls),
+        )
     return LlavaProcessor(
         image_processor=_image_processor(vision), tokenizer=hf_tok, patch_size=vision.patch_size,
         vision_feature_select_strategy=vision.select_strategy, num_additional_image_tokens=int(cls),
@@ -201,6 +215,17 @@ def _image_processor(vision: Vision):
     )
 
 
+def _next_image_processor(vision: Vision):
+    """llava-v1.6's preprocessing at ``vision.image_size``: tiles from ``pinpoints``, CLIP's mean/std."""
+    from transformers import LlavaNextImageProcessor
+
+    side = vision.image_size
+    return LlavaNextImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+        image_grid_pinpoints=[list(p) for p in vision.pinpoints], image_mean=CLIP_MEAN, image_std=CLIP_STD,
+    )
+
+
 def build_model(spec: Spec, tok):
     """The seeded ``LlavaForConditionalGeneration`` of ``spec`` for tokenizer ``tok``."""
     import torch
@@ -209,7 +234,12 @@ def build_model(spec: Spec, tok):
     image_id, pad_id, eos_id = (tok.token_to_id(t) for t in (IMAGE_TOKEN, "<pad>", "</s>"))
     config = build_config(spec, tok.get_vocab_size(), image_id, pad_id)
     torch.manual_seed(spec.seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    if spec.vision.pinpoints is not None:
+        from transformers import LlavaNextForConditionalGeneration
+
+        model = LlavaNextForConditionalGeneration(config).eval()
+    else:
+        model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():
         for p in model.model.multi_modal_projector.parameters():  # let the image move the answer
             p.mul_(spec.projector_scale)

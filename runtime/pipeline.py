@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from feather import layout as layout_mod
 from feather import rules
 from feather.errors import InputError, ManifestError
 from feather.manifest import GraphSpec, Manifest, load_manifest
 from feather.runtime import backends
-from feather.runtime.preprocess import PromptEncoder, pixel_values
+from feather.runtime.preprocess import PromptEncoder, model_pixel_values
 from feather.sampling import Sampling, next_token
-from feather.selection import sequence_keep_index
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -93,6 +93,7 @@ class Pipeline:
         stage_at = {s.layer: (rules.get(s.rule), s.layer) for s in p.stages}
         self.segments = [_segment(backend, folder, m, spec, stage_at.get(spec.layers[0])) for spec in m.segments]
         self.eos = set(m.tokens.eos)
+        self.layout = layout_mod.for_manifest(m)  # which image tokens stages may prune (NeXT: not newlines)
 
     @classmethod
     def load(cls, folder: str | Path, provider: str = "cpu", verify: bool = True, threads: int | None = None,
@@ -166,7 +167,7 @@ class Pipeline:
         """Vision, embeddings and every segment with pruning between them -> logits [V].
         Allocates each segment's caches once, at that segment's length + ``max_new_tokens``."""
         t = time.perf_counter()
-        pixels = pixel_values(image, self.manifest.image).astype(DTYPES[self.manifest.vision.dtype])  # [1,3,H,W]
+        pixels = model_pixel_values(image, self.manifest).astype(DTYPES[self.manifest.vision.dtype])  # [T,3,H,W]
         vision = self.manifest.vision
         out = self.vision.run({vision.inputs["pixel_values"]: pixels}, [vision.outputs["image_features"]])
         feats = self.backend.to_host(out[vision.outputs["image_features"]])[0]  # [N, d]
@@ -182,19 +183,19 @@ class Pipeline:
 
     def _prefill_segments(self, hidden, offset: int, feats: np.ndarray, run: _Run, max_new_tokens: int):
         pos = np.arange(hidden.shape[1], dtype=np.int64)  # original positions, kept through pruning
-        current = np.arange(len(feats))  # original indices of the live image tokens
+        lay = self.layout
+        live = np.arange(len(lay.prunable))  # the prunable image tokens still alive (into lay.prunable)
         score, seg_times = None, []
         for seg in self.segments:
             t = time.perf_counter()
             keep = np.arange(len(pos), dtype=np.int64)
             if seg.stage is not None:
                 rule, layer = seg.stage
-                logits = None if score is None else score[0, :, offset : offset + len(current)]  # [H, n]
-                keep_local = rule.select(current, self.manifest.dims.grid, self.params, logits,
-                                         feats if rule.needs_features else None, layer)
-                keep = sequence_keep_index(offset, len(current), keep_local, len(pos))
-                current = current[keep_local]
-                run.stages.append({"layer": layer, "kept": current.tolist()})
+                logits = None if score is None else score[0][:, lay.columns(pos, offset, live)]  # [H, n]
+                keep_local = lay.select(rule, live, self.params, logits, feats, layer)
+                keep = lay.keep_index(pos, offset, live[keep_local])
+                live = live[keep_local]
+                run.stages.append({"layer": layer, "kept": lay.prunable[live].tolist()})
             pos = pos[keep]
             caches = self._allocate(seg, len(keep) + max_new_tokens - 1)
             dummy = self._allocate(seg, 1)  # a prefill attends to no cache row; one masked row keeps shapes valid

@@ -317,3 +317,43 @@ def _load_tokenizer(path: Path) -> Tokenizer:
     tok.no_truncation()  # transformers ignores a saved truncation/padding unless asked;
     tok.no_padding()  # left on, 576 image tokens could be cut short
     return tok
+
+
+def tiled_pixel_values(image, spec: ImageSpec, tiles) -> np.ndarray:
+    """LLaVA-NeXT's vision input for one frame: float32 [1 + rows * cols, 3, S, S].
+
+    As ``LlavaNextImageProcessor`` (PIL backend) does it: the base is the frame resized straight to
+    S x S; the tiles come from the frame resized to ``tiles.resized`` (aspect ratio kept), zero-padded
+    centred to ``tiles.resolution`` and cut row-major into S x S. Then rescale and normalize as
+    ``pixel_values``. A frame of another size than ``tiles.frame`` is refused: the export's tile
+    layout, hence its token counts, hold for that size only."""
+    img = _open(image)
+    if spec.convert_rgb:
+        img = to_rgb(img)
+    elif img.mode != "RGB":
+        raise InputError(f"image: mode {img.mode}; this model's preprocessing takes RGB images only")
+    height, width = tiles.frame
+    if (img.height, img.width) != (height, width):
+        raise InputError(f"image: {img.width} x {img.height}; this LLaVA-NeXT export takes {width} x {height} frames "
+                         "only (feather-export --image-size fixed its tiles); resize the frame or re-export")
+    side, resample = int(spec.size[0]), _resample(spec.resample)
+    base = np.asarray(img.resize((side, side), resample=resample))  # [S, S, 3]
+    (rh, rw), (ph, pw) = tiles.resized, tiles.resolution
+    canvas = np.zeros((ph, pw, 3), dtype=np.uint8)
+    top, left = (ph - rh) // 2, (pw - rw) // 2
+    canvas[top : top + rh, left : left + rw] = np.asarray(img.resize((rw, rh), resample=resample))
+    rows, cols = tiles.grid
+    cuts = [canvas[r * side : (r + 1) * side, c * side : (c + 1) * side] for r in range(rows) for c in range(cols)]
+    x = (np.stack([base, *cuts]).transpose(0, 3, 1, 2).astype(np.float64) * spec.rescale_factor).astype(np.float32)
+    if spec.normalize:
+        mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+        x = (x - mean) / std
+    return np.ascontiguousarray(x)  # [T, 3, S, S]
+
+
+def model_pixel_values(image, manifest) -> np.ndarray:
+    """The vision graph's input for ``image`` under ``manifest``: tiled for LLaVA-NeXT, else ``pixel_values``."""
+    if getattr(manifest, "tiles", None) is not None:
+        return tiled_pixel_values(image, manifest.image, manifest.tiles)
+    return pixel_values(image, manifest.image)

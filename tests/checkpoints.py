@@ -56,3 +56,19 @@ MISTRAL = checkpoints.Spec(
 def build_mistral_llava(out: Path) -> Path:
     """Build the ``MISTRAL`` geometry into ``out`` and return it."""
     return checkpoints.build(MISTRAL, out)
+
+
+# llava-v1.6's shape, shrunk: LLaVA-NeXT with a CLIP tower at 112 px / patch 14 (an 8 x 8 grid per
+# tile, 64 base tokens, "default", layer -2), tiles picked from 1 x 2, 2 x 1 and 2 x 2 tile
+# resolutions, a Llama text model with enough layers for K = 2 4.
+NEXT = checkpoints.Spec(
+    text=checkpoints.Text(family="llama", hidden=64, ffn=128, layers=6, heads=4, kv_heads=2, max_positions=2048),
+    vision=checkpoints.Vision(hidden=32, ffn=64, layers=2, heads=2, image_size=112, patch_size=14,
+                              pinpoints=((112, 224), (224, 112), (224, 224))),
+    seed=4,
+)
+
+
+def build_next_llava(out: Path) -> Path:
+    """Build the ``NEXT`` geometry into ``out`` and return it."""
+    return checkpoints.build(NEXT, out)

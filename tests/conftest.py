@@ -125,3 +125,41 @@ def export_mistral_none(mistral_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def export_mistral_feather(mistral_path, tmp_path_factory):
     return _export(tmp_path_factory, "mistral-feather", str(mistral_path), K=(3, 6))
+
+
+NEXT_WIDE, NEXT_TALL = (150, 90), (120, 200)
+"""LLaVA-NeXT frame sizes (width, height) picking different tile grids on ``tests.checkpoints.NEXT``:
+150 x 90 -> 1 x 2 tiles (8 x 14 unpadded features, 184 image tokens), 120 x 200 -> 2 x 2 (16 x 10, 240)."""
+
+
+@pytest.fixture(scope="session")
+def next_path(tmp_path_factory):
+    """llava-v1.6's shape, shrunk: LLaVA-NeXT, CLIP 112 / 14 tiles (8 x 8 = 64 per tile), Llama, 6 layers."""
+    from tests.checkpoints import build_next_llava
+
+    return build_next_llava(tmp_path_factory.mktemp("next-llava"))
+
+
+def _export_next(tmp_path_factory, name: str, model, frame, **prune):
+    from feather.config import PruneConfig
+    from feather.export import export
+
+    out = tmp_path_factory.mktemp("exports") / name
+    return export(model=str(model), config=PruneConfig(**prune), output=out, max_seq=512, quiet=True,
+                  image_size=frame)
+
+
+@pytest.fixture(scope="session")
+def export_next_none_wide(next_path, tmp_path_factory):
+    return _export_next(tmp_path_factory, "next-none-wide", next_path, NEXT_WIDE, criterion="none")
+
+
+@pytest.fixture(scope="session")
+def export_next_none_tall(next_path, tmp_path_factory):
+    return _export_next(tmp_path_factory, "next-none-tall", next_path, NEXT_TALL, criterion="none")
+
+
+@pytest.fixture(scope="session")
+def export_next_feather(next_path, tmp_path_factory):
+    """FEATHER (K = 2 4, R = 0.7, s = 3, static) on the 2 x 2-tile layout of a 120 x 200 frame."""
+    return _export_next(tmp_path_factory, "next-feather", next_path, NEXT_TALL, K=(2, 4))

@@ -15,6 +15,8 @@ gated MLP); Qwen2 adds q/k/v biases, which its own projections carry."""
 VISION_TOWERS = {"clip_vision_model": 1, "siglip_vision_model": 0}
 """Vision towers -> how many tokens they put before the G x G patches (CLIP's CLS; SigLIP has none)."""
 SELECT_DROPS = {"default": 1, "full": 0}
+MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
+"""``model_type`` -> the transformers class that loads it."""
 """``vision_feature_select_strategy`` -> how many leading tokens LLaVA drops (``default`` drops one)."""
 
 
@@ -47,11 +49,15 @@ def load_config(model: str):
 
 
 def _check_supported(model: str, config) -> None:
-    if config.model_type != "llava":
+    if config.model_type not in MODEL_CLASSES:
         raise ModelError(
             f"{model}: model_type {config.model_type!r} is not LLaVA; "
-            "expected a LlavaForConditionalGeneration checkpoint"
+            "expected a LlavaForConditionalGeneration or LlavaNextForConditionalGeneration checkpoint"
         )
+    if config.model_type == "llava_next" and config.vision_feature_select_strategy != "default":
+        strategy = config.vision_feature_select_strategy
+        raise ModelError(f"{model}: LLaVA-NeXT with vision_feature_select_strategy {strategy!r}; "
+                         "only 'default' (CLIP, its CLS dropped) is supported")
     text_type = config.text_config.model_type
     if text_type not in TEXT_BACKBONES:
         raise ModelError(f"{model}: text model {text_type!r} is not supported; expected one of {TEXT_BACKBONES}")
@@ -81,13 +87,15 @@ def _check_grid(model: str, config) -> None:
 
 
 def load(model: str, dtype=None):
-    """``(LlavaForConditionalGeneration, processor)`` through transformers' ``from_pretrained``."""
+    """``(model, processor)`` through transformers' ``from_pretrained`` (``MODEL_CLASSES``)."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    import transformers
+    from transformers import AutoProcessor
 
-    load_config(model)
+    config = load_config(model)
     path = resolve(model)
-    net = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32).eval()
+    cls = getattr(transformers, MODEL_CLASSES[config.model_type])
+    net = cls.from_pretrained(path, dtype=dtype or torch.float32).eval()
     try:
         processor = AutoProcessor.from_pretrained(path)
         _use_pil_backend(processor, path)
@@ -107,13 +115,45 @@ def _use_pil_backend(processor, path: str) -> None:
         processor.image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
 
 
-def geometry(config) -> Dims:
-    """The numbers the method, the export and the manifest need, as the manifest's ``Dims``."""
+def is_next(config) -> bool:
+    """A LLaVA-NeXT checkpoint (tiled images; exports need a frame size)."""
+    return config.model_type == "llava_next"
+
+
+def tiles(config, frame: tuple[int, int]):
+    """LLaVA-NeXT's tiling of a ``(width, height)`` frame as the manifest's ``TileSpec``, from
+    transformers' own functions (``select_best_resolution``, ``get_patch_output_size``,
+    ``unpad_image``), so export, runtime and reference count the same tokens."""
+    import numpy as np
+    import torch
+    from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    from feather.manifest.schema import TileSpec
+
+    width, height = frame
+    v = config.vision_config
+    res = select_best_resolution((height, width), config.image_grid_pinpoints)
+    resized = get_patch_output_size(np.zeros((height, width, 1)), res, input_data_format="channels_last")
+    rows, cols = res[0] // v.image_size, res[1] // v.image_size
+    g = v.image_size // v.patch_size
+    feats = unpad_image(torch.zeros(1, rows * g, cols * g), (height, width)).shape[1:]
+    return TileSpec(frame=[height, width], resolution=list(res), resized=[int(x) for x in resized],
+                    grid=[rows, cols], features=[int(x) for x in feats])
+
+
+def geometry(config, tile_spec=None) -> Dims:
+    """The numbers the method, the export and the manifest need, as the manifest's ``Dims``.
+    With a NeXT ``tile_spec``, ``n_image`` counts the whole block (base, tile features, newlines)."""
     t, v = config.text_config, config.vision_config
     patches = (v.image_size // v.patch_size) ** 2  # the selected features: G x G patches (see _check_grid)
+    grid = math.isqrt(patches)
+    if tile_spec is not None:
+        rows, cols = tile_spec.features
+        patches += rows * (cols + 1)
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     return Dims(
         num_layers=t.num_hidden_layers, hidden=t.hidden_size, heads=t.num_attention_heads,
         kv_heads=t.num_key_value_heads, head_dim=head_dim, vocab=t.vocab_size,
-        intermediate=t.intermediate_size, n_image=patches, grid=math.isqrt(patches), vision_hidden=v.hidden_size,
+        intermediate=t.intermediate_size, n_image=patches, grid=grid, vision_hidden=v.hidden_size,
     )

@@ -93,14 +93,30 @@ def _bounds(m: Manifest) -> None:
     d = m.dims
     if d.heads % d.kv_heads:
         fail("dims.kv_heads", f"{d.kv_heads} does not divide dims.heads = {d.heads}")
-    if d.grid * d.grid != d.n_image:
+    if m.tiles is None and d.grid * d.grid != d.n_image:
         fail("dims.n_image", f"{d.n_image} is not dims.grid^2 = {d.grid * d.grid}")
+    if m.tiles is not None:
+        _tiles(m)
     if not 0.0 < m.pruning.ratio < 1.0:
         fail("pruning.ratio", f"{m.pruning.ratio} is not a fraction strictly between 0 and 1")
     for key in ("logits_abs", "hidden_abs"):
         value = getattr(m.tolerance, key)
         if not (math.isfinite(value) and value >= 0):
             fail(f"tolerance.{key}", f"{value} is not a finite number >= 0")
+
+
+def _tiles(m: Manifest) -> None:
+    """A NeXT block: base grid^2 features + features[0] lines of features[1] and a newline."""
+    t, d = m.tiles, m.dims
+    for key in ("frame", "resolution", "resized", "grid", "features"):
+        values = getattr(t, key)
+        _length(f"tiles.{key}", values, 2, "[rows, cols]" if key in ("grid", "features") else "[height, width]")
+        for i, v in enumerate(values):
+            _within(f"tiles.{key}[{i}]", v, 1, MAX_IMAGE_SIDE * 4)
+    rows, cols = t.features
+    n = d.grid * d.grid + rows * (cols + 1)
+    if d.n_image != n:
+        fail("dims.n_image", f"{d.n_image}, expected dims.grid^2 + rows * (cols + 1) = {n} from tiles.features")
 
 
 def _image(m: Manifest) -> None:
@@ -194,17 +210,21 @@ def _stages(m: Manifest) -> None:
         where = f"pruning.stages[{i}]"
         if stage.rule not in rules.RULES:
             fail(f"{where}.rule", f"{stage.rule!r} is not one of {', '.join(rules.RULES)}")
+    counts = _tiled_counts(m, params)
+    extra = 0 if m.tiles is None else m.tiles.features[0]  # newline tokens, never pruned
+    for i, stage in enumerate(p.stages):
+        where = f"pruning.stages[{i}]"
         rule = rules.RULES[stage.rule]
         if stage.rope != rule.rope:
             fail(f"{where}.rope", f"{stage.rope}, but rule {rule.name} {'applies' if rule.rope else 'has no'} RoPE")
-        n = rule.keep(n, d.grid, params)
+        n = rule.keep(n, d.grid, params) if counts is None else counts[i]
         if stage.keep != n:
             fail(f"{where}.keep", f"{stage.keep}, but rule {rule.name} keeps {n} here")
         if stage.layer not in starts:
             fail(f"{where}.layer", f"{stage.layer} is not where a segment starts (segments start at {sorted(starts)})")
         if rule.needs_score and stage.layer == 0:
             fail(f"{where}.layer", f"0, but rule {rule.name} ranks by layer K-1's attention (K >= 1)")
-        at[stage.layer] = (rule, n)
+        at[stage.layer] = (rule, n + extra)  # a segment holds the kept tokens and the newlines
     n_in = d.n_image
     for i, seg in enumerate(m.segments):
         start, end = seg.layers
@@ -216,6 +236,15 @@ def _stages(m: Manifest) -> None:
             fail(f"segments[{i}].outputs", f"{what}{'' if wants else ' but no stage at its end ranks by it'}")
         if seg.n_image_in is not None and seg.n_image_in != n_in:
             fail(f"segments[{i}].n_image_in", f"{seg.n_image_in}, expected {n_in} from the stages before it")
+
+
+def _tiled_counts(m: Manifest, params) -> list[int] | None:
+    """Static keep counts on a NeXT layout (``feather.layout``); None for a square grid."""
+    if m.tiles is None:
+        return None
+    from feather import layout
+
+    return layout.for_manifest(m).static_counts([rules.RULES[s.rule] for s in m.pruning.stages], params)
 
 
 ENGINE_FOLDER = "engines"

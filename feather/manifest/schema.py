@@ -70,6 +70,23 @@ class ImageSpec:
 
 
 @dataclass
+class TileSpec:
+    """LLaVA-NeXT's tiling, fixed at export for one frame size (``feather-export --image-size``).
+
+    The vision graph takes ``1 + rows * cols`` images of ``image.size``: the frame resized
+    straight to that size (the base), then the tiles of the frame resized to ``resized`` keeping
+    its aspect ratio, zero-padded (centred) to ``resolution`` and cut row-major. Its output is
+    ``dims.grid``^2 base features, then ``features[0]`` lines of ``features[1]`` unpadded tile
+    features, each line followed by one newline token."""
+
+    frame: list[int]  # [height, width] of the frames this export takes; others are refused
+    resolution: list[int]  # [height, width] picked from image_grid_pinpoints
+    resized: list[int]  # [height, width] of the frame inside the padded resolution
+    grid: list[int]  # tiles [rows, cols]
+    features: list[int]  # unpadded tile features [rows, cols]
+
+
+@dataclass
 class PromptSpec:
     """Prompt template holding ``{prompt}`` and the image token; fill it with str.replace."""
 
@@ -211,6 +228,7 @@ class Manifest:
     tolerance: Tolerance
     files: dict[str, str] = field(default_factory=dict)  # relative name -> sha256 hex
     engines: list[EngineSpec] = field(default_factory=list)  # written by feather-build
+    tiles: TileSpec | None = None  # LLaVA-NeXT exports only
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:

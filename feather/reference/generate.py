@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from feather import layout as layout_mod
 from feather import prompt as prompt_mod
 from feather.config import PruneConfig
 from feather.errors import InputError
 from feather.hf import checkpoint as model_mod
 from feather.hf.layers import causal_mask, score_logits
 from feather.sampling import Sampling, next_token
-from feather.selection import sequence_keep_index
 
 
 @dataclass
@@ -61,25 +61,41 @@ class Reference:
         net, processor = model_mod.load(model, dtype)
         return cls(net, processor, config)
 
-    def inputs(self, image, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids [1, S], pixel_values [1, 3, H, W])`` through the checkpoint's processor."""
+    def encode(self, image, prompt: str):
+        """The checkpoint's processor on ``image`` and ``prompt`` in the template (a ``BatchFeature``
+        of torch tensors: input_ids, pixel_values, and for LLaVA-NeXT image_sizes)."""
         from feather.runtime.preprocess import load_image
 
         text = prompt_mod.render(self.template, prompt, self.processor.image_token)
-        enc = self.processor(images=load_image(image), text=text, return_tensors="pt")
+        return self.processor(images=load_image(image), text=text, return_tensors="pt")
+
+    def inputs(self, image, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids [1, S], pixel_values [1, 3, H, W])`` through the checkpoint's processor
+        (LLaVA-NeXT: [1, 1 + tiles, 3, H, W])."""
+        enc = self.encode(image, prompt)
         return enc["input_ids"], enc["pixel_values"].to(self.model.dtype)
 
+    def layout(self, image_size=None) -> layout_mod.Layout:
+        """The image block's layout: the G x G grid, or NeXT's for an image of ``(height, width)``."""
+        if image_size is None or not model_mod.is_next(self.model.config):
+            return layout_mod.square(self.geom.grid)
+        height, width = (int(x) for x in image_size)
+        t = model_mod.tiles(self.model.config, (width, height))
+        return layout_mod.tiled(self.geom.grid, t.features[0], t.features[1], self.config.stride)
+
     @torch.no_grad()
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image features [N, d] at the checkpoint's feature layer and strategy."""
-        out = self.model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+    def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
+        """Projected image features [N, d] at the checkpoint's feature layer and strategy
+        (LLaVA-NeXT: transformers' packed base + unpadded tiles + newlines, for ``image_sizes``)."""
+        extra = {} if image_sizes is None else {"image_sizes": image_sizes}
+        out = self.model.model.get_image_features(pixel_values=pixel_values, return_dict=True, **extra)
         feats = out.pooler_output if hasattr(out, "pooler_output") else out
         return torch.cat(list(feats), dim=0) if isinstance(feats, (list, tuple)) else feats[0]
 
-    def image_span(self, input_ids: torch.Tensor) -> int:
+    def image_span(self, input_ids: torch.Tensor, n: int | None = None) -> int:
         """Offset of the single contiguous block of N image tokens; InputError otherwise."""
         ids = input_ids[0].tolist()
-        image_id, n = self.model.config.image_token_id, self.geom.n_image
+        image_id, n = self.model.config.image_token_id, n or self.geom.n_image
         where = [i for i, t in enumerate(ids) if t == image_id]
         if len(where) != n or where[-1] - where[0] != n - 1:
             raise InputError(f"prompt: expected one image ({n} image tokens in one block), found {len(where)}")
@@ -97,38 +113,42 @@ class Reference:
         return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, features: torch.Tensor) -> tuple[np.ndarray, _State, list]:
+    def prefill(self, input_ids: torch.Tensor, features: torch.Tensor,
+                layout: layout_mod.Layout | None = None) -> tuple[np.ndarray, _State, list]:
         """Run the prompt with pruning. Returns last-position logits [V], the state, the stages."""
         from transformers import DynamicCache
 
-        offset, n_full = self.image_span(input_ids), self.geom.n_image
+        layout = layout or self.layout()
+        offset, n_full = self.image_span(input_ids, layout.n), layout.n
         hidden = self.lm.embed_tokens(input_ids)  # [1, S, d]
         hidden[0, offset : offset + n_full] = features.to(hidden.dtype)
         pos = torch.arange(input_ids.shape[1])  # original positions, kept through pruning
-        current = np.arange(n_full)  # original indices of the live image tokens
+        current = (layout, np.arange(len(layout.prunable)))  # live prunable tokens (into layout.prunable)
         stage_at = {s.layer: s for s in self.config.stages}
         cache, stages, prev = DynamicCache(), [], None
         mask = causal_mask(hidden.shape[1], hidden.dtype)
         for i in range(self.geom.num_layers):
             if i in stage_at:
                 hidden, pos, current = self._prune(stage_at[i], hidden, pos, current, offset, prev, features)
-                stages.append({"layer": i, "kept": current.tolist()})
+                stages.append({"layer": i, "kept": layout.prunable[current[1]].tolist()})
                 mask = causal_mask(hidden.shape[1], hidden.dtype)
             prev = (hidden, pos)
             hidden = self._layer(i, hidden, pos, cache, mask)
         return self._logits(hidden), _State(cache, int(input_ids.shape[1])), stages
 
     def _prune(self, stage, hidden, pos, current, offset, prev, features):
+        layout, live = current
         logits = None
         if stage.needs_score:
             h_in, p_in = prev  # layer K-1's input, the tensor that layer consumed
             cos, sin = self._rope(h_in, p_in)
             full = score_logits(self.lm.layers[stage.layer - 1], h_in, cos, sin, stage.rope)
-            logits = full[0, :, offset : offset + len(current)].float().numpy()  # [H, n]
+            cols = torch.from_numpy(layout.columns(pos.numpy(), offset, live))
+            logits = full[0][:, cols].float().numpy()  # [H, n]
         feats = features.float().numpy() if stage.impl.needs_features else None
-        keep_local = stage.impl.select(current, self.geom.grid, self.config.params, logits, feats, stage.layer)
-        keep = torch.from_numpy(sequence_keep_index(offset, len(current), keep_local, hidden.shape[1]))
-        return hidden[:, keep], pos[keep], current[keep_local]
+        keep_local = layout.select(stage.impl, live, self.config.params, logits, feats, stage.layer)
+        keep = torch.from_numpy(layout.keep_index(pos.numpy(), offset, live[keep_local]))
+        return hidden[:, keep], pos[keep], (layout, live[keep_local])
 
     @torch.no_grad()
     def decode_step(self, token: int, state: _State) -> np.ndarray:
@@ -149,9 +169,11 @@ class Reference:
 
     def generate(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling()) -> Result:
         """Answer ``prompt`` about ``image`` (path, PIL image or H x W x 3 uint8 array)."""
-        input_ids, pixel_values = self.inputs(image, prompt)
-        features = self.image_features(pixel_values)
-        logits, state, stages = self.prefill(input_ids, features)
+        enc = self.encode(image, prompt)
+        sizes = enc.get("image_sizes")
+        features = self.image_features(enc["pixel_values"].to(self.model.dtype), sizes)
+        layout = self.layout(None if sizes is None else sizes[0].tolist())
+        logits, state, stages = self.prefill(enc["input_ids"], features, layout)
         tokens, steps, rng, eos = [], [logits], sampling.rng(), self.eos_ids()
         while True:
             token = next_token(logits, sampling, rng)
