@@ -112,7 +112,16 @@ def _tiles(m: Manifest) -> None:
         values = getattr(t, key)
         _length(f"tiles.{key}", values, 2, "[rows, cols]" if key in ("grid", "features") else "[height, width]")
         for i, v in enumerate(values):
-            _within(f"tiles.{key}[{i}]", v, 1, MAX_IMAGE_SIDE * 4)
+            _within(f"tiles.{key}[{i}]", v, 1, MAX_IMAGE_SIDE)
+    side = m.image.size[0]
+    for i in range(2):  # the tiles cut the padded resolution exactly; the frame and features fit in it
+        if t.resolution[i] != t.grid[i] * side:
+            fail(f"tiles.resolution[{i}]", f"{t.resolution[i]}, expected tiles.grid[{i}] * image.size = "
+                 f"{t.grid[i] * side}")
+        if t.resized[i] > t.resolution[i]:
+            fail(f"tiles.resized[{i}]", f"{t.resized[i]} exceeds tiles.resolution[{i}] = {t.resolution[i]}")
+        if t.features[i] > t.grid[i] * d.grid:
+            fail(f"tiles.features[{i}]", f"{t.features[i]} exceeds tiles.grid[{i}] * dims.grid = {t.grid[i] * d.grid}")
     rows, cols = t.features
     n = d.grid * d.grid + rows * (cols + 1)
     if d.n_image != n:

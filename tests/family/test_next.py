@@ -167,3 +167,20 @@ def test_tiles_are_additive_and_checked(export_next_none_wide, export_mistral_no
     data["tiles"]["features"] = [8, 13]
     with pytest.raises(ManifestError, match=r"dims.n_image: 184, expected dims.grid\^2 \+ rows \* \(cols \+ 1\) = 176"):
         Manifest.from_json(data)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("resolution", [112, 336], r"tiles.resolution\[1\]: 336, expected tiles.grid\[1\] \* image.size = 224"),
+    ("resized", [113, 187], r"tiles.resized\[0\]: 113 exceeds tiles.resolution\[0\] = 112"),
+    ("grid", [1, 5000], r"tiles.grid\[1\]: 5000 is outside \[1, 4096\]"),
+])
+def test_an_inconsistent_tile_layout_is_refused(export_next_none_wide, key, value, message):
+    import json
+
+    from feather.errors import ManifestError
+    from feather.manifest.schema import Manifest
+
+    data = json.loads((export_next_none_wide / "feather.json").read_text())
+    data["tiles"][key] = value
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_json(data)
