@@ -171,6 +171,7 @@ def _quantize_graph(src: Path, dst: Path, work: Path, graph: GraphSpec, kind: st
     if how.opset is not None:
         methods_mod.convert_opset(src, work / src.name, how.opset)
         src = work / src.name
+    src = methods_mod.infer_shapes(src, work)
     nodes, _ = methods_mod.weight_matmuls(onnx.load(str(src), load_external_data=False),
                                           skip_lm_head=not quantize_lm_head, vocab=manifest.dims.vocab)
     reader = None
