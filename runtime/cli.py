@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_viz(pipe, args) -> None:
+    if args.viz and pipe.manifest.tiles is not None:
+        raise InputError("--viz: the overlay draws one square token grid; LLaVA-NeXT's tiled exports "
+                         "(base image + tiles + newlines) are not drawn yet")
+
+
 def _viz(pipe, args, result) -> None:
     if args.viz:
         from feather.runtime.viz import save_overlay
@@ -63,6 +69,7 @@ def _body(args: argparse.Namespace) -> int:
     from feather.runtime import Pipeline
 
     pipe = Pipeline.load(args.folder, provider=args.provider, threads=args.threads)
+    _check_viz(pipe, args)
     if args.check:
         return _check(pipe, args)
     if args.stream:

@@ -184,3 +184,16 @@ def test_an_inconsistent_tile_layout_is_refused(export_next_none_wide, key, valu
     data["tiles"][key] = value
     with pytest.raises(ManifestError, match=message):
         Manifest.from_json(data)
+
+
+def test_viz_on_a_tiled_export_is_refused_in_one_line(export_next_feather, tmp_path, capsys):
+    """The overlay draws one square grid; on a tiled export it would put kept tokens in the
+    wrong places, so --viz is refused before anything runs, and nothing is written."""
+    from feather.runtime.cli import main as run_main
+
+    _noise(NEXT_TALL, 4).save(tmp_path / "frame.png")
+    argv = [str(export_next_feather), "--image", str(tmp_path / "frame.png"), "--viz", str(tmp_path / "v.png")]
+    assert run_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--viz: the overlay draws one square token grid" in err
+    assert not (tmp_path / "v.png").exists()
