@@ -173,7 +173,7 @@ def _quantize_graph(src: Path, dst: Path, work: Path, graph: GraphSpec, kind: st
         src = work / src.name
     src = methods_mod.infer_shapes(src, work)
     nodes, _ = methods_mod.weight_matmuls(onnx.load(str(src), load_external_data=False),
-                                          skip_lm_head=not quantize_lm_head, vocab=manifest.dims.vocab)
+                                          skip_lm_head=not quantize_lm_head, logits=graph.outputs.get("logits"))
     reader = None
     if how.calibrated:
         names = set(graph.inputs.values()) | ({n for i in range(*graph.layers) for n in graph.kv.names(i)[:2]}

@@ -68,21 +68,35 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-def weight_matmuls(model, skip_lm_head: bool, vocab: int) -> tuple[list[str], list[str]]:
-    """(names of MatMuls with an initializer weight, the LM-head ones among them). The LM head
-    is a [d, vocab] weight; with ``skip_lm_head`` it is left out of the first list."""
+def weight_matmuls(model, skip_lm_head: bool, logits: str | None) -> tuple[list[str], list[str]]:
+    """(names of MatMuls with a 2-D initializer weight, the LM-head ones among them). The LM
+    head is found by the graph, not by its shape: the weight MatMul that the ``logits`` output
+    comes from (a [d, vocab] weight can have the shape of a [d, d] projection: the benchmark
+    checkpoint has d = vocab = 512). With ``skip_lm_head`` it is left out of the first list."""
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    names, heads = [], []
-    for node in model.graph.node:
-        shape = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if shape is None or len(shape) != 2:
-            continue
-        if shape[1] == vocab:
-            heads.append(node.name)
-            if skip_lm_head:
-                continue
-        names.append(node.name)
+    weights = [n for n in model.graph.node if n.op_type == "MatMul" and len(n.input) == 2
+               and len(inits.get(n.input[1], ())) == 2]
+    heads = [lm_head(model, logits)] if logits else []
+    heads = [h for h in heads if h is not None]
+    names = [n.name for n in weights if not (skip_lm_head and n.name in heads)]
     return names, heads
+
+
+def lm_head(model, logits: str) -> str | None:
+    """The weight MatMul upstream of the graph output ``logits``, through the ops that follow
+    it (Gather / Slice / Reshape / Squeeze of the last position)."""
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    frontier, seen = [logits], set()
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits:
+            return node.name
+        frontier.extend(i for i in node.input if i not in inits)
+    return None
 
 
 Quantizer = Callable[..., None]
@@ -187,10 +201,8 @@ def reader_class():
 
 def infer_shapes(src: Path, work: Path) -> Path:
     """``src`` with ONNX shape inference run on it, in ``work``: the pre-processing ONNX Runtime's
-    quantizers ask for. Without the activations' types they skip every MatMul whose input type
-    they cannot see (measured on a 32-layer export: 16 of a segment's 56 weight MatMuls were
-    quantized without it, 56 of 56 with it). ``infer_shapes_path`` keeps external data where it
-    is, so a graph over 2 GB gets its data file linked beside the new one."""
+    quantizers ask for (they read activation types from value_info). ``infer_shapes_path`` keeps
+    external data where it is, so a graph over 2 GB gets its data file linked beside the new one."""
     import onnx
 
     dst = work / f"shaped-{src.name}"

@@ -230,8 +230,8 @@ def test_check_on_a_quantized_folder_judges_logits_by_the_methods_tolerance(quan
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_every_weight_matmul_but_the_lm_head_is_quantized(method, quantized, export_feather):
     """Each segment's weight MatMuls (q, k, v, o and the three MLP ones per layer) are all
-    quantized: ONNX Runtime's quantizers skip MatMuls whose input type they cannot see, which
-    once left 40 of 56 in float (fixed by running shape inference first)."""
+    quantized. The LM head was once found by its [d, vocab] shape, which on the benchmark
+    checkpoint (d = vocab = 512) also matched q, k, v and o and left 40 of 56 in float."""
     for seg in load_manifest(export_feather).segments:
         layers = seg.layers[1] - seg.layers[0]
         ops = _ops(quantized(method).folder / seg.file)
@@ -242,3 +242,24 @@ def test_every_weight_matmul_but_the_lm_head_is_quantized(method, quantized, exp
         assert op in ops
         assert sum(n.op_type == op for n in graph.node) == 7 * layers, (seg.file, float_weights)
         assert float_weights == ([] if "logits" not in seg.outputs else float_weights[:1])  # the LM head stays
+
+
+def test_the_lm_head_is_found_by_the_graph_not_by_its_shape():
+    """A square [d, d] LM head (d = vocab) and square projections: only the MatMul feeding
+    ``logits`` is the head."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from feather.calibration.methods import weight_matmuls
+
+    w = lambda name: numpy_helper.from_array(np.zeros((8, 8), np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["h"], name="q_proj"),
+             helper.make_node("MatMul", ["h", "wo"], ["h2"], name="o_proj"),
+             helper.make_node("MatMul", ["h2", "whead"], ["full"], name="head"),
+             helper.make_node("Identity", ["full"], ["logits"], name="last")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])],
+                              [w("wq"), w("wo"), w("whead")])
+    model = helper.make_model(graph)
+    assert weight_matmuls(model, skip_lm_head=True, logits="logits") == (["q_proj", "o_proj"], ["head"])
+    assert weight_matmuls(model, skip_lm_head=False, logits="logits")[0] == ["q_proj", "o_proj", "head"]
+    assert weight_matmuls(model, skip_lm_head=True, logits=None) == (["q_proj", "o_proj", "head"], [])
