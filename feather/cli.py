@@ -200,8 +200,30 @@ def run(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
         print(f"{parser.prog}: error: {where}{one_line(err.strerror or err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
-        signum = getattr(err, "signum", signal.SIGINT)
-        print(f"{parser.prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
-        return 128 + signum
+        return _interrupted(parser.prog, err)
+    except Exception as err:
+        # a signal that lands inside a C extension's import (onnxruntime, torch) surfaces as
+        # "ImportError: initialization failed" caused by the KeyboardInterrupt: still an interrupt
+        cause = _interrupt_cause(err)
+        if cause is None:
+            raise
+        return _interrupted(parser.prog, cause)
     finally:
         _restore_signal_handlers(old)
+
+
+def _interrupted(prog: str, err: KeyboardInterrupt) -> int:
+    signum = getattr(err, "signum", signal.SIGINT)
+    print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
+
+
+def _interrupt_cause(err: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt in ``err``'s cause / context chain, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
