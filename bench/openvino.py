@@ -42,18 +42,25 @@ def _prompt_text(model: str, prompt: str) -> str:
     return prompt_mod.render(prompt_mod.template_from_processor(processor), prompt, processor.image_token)
 
 
-def measure(python: str, common: dict, work: Path, log) -> dict:
-    """Export the checkpoint to OpenVINO IR, then time it like row a; returns a raw row."""
+WEIGHT_ROWS = {"fp32": "f", "int8": "n", "int4": "o"}
+"""Row id per OpenVINO weight precision: f (fp32), n (INT8 weights), o (INT4 weights)."""
+
+
+def measure(python: str, common: dict, work: Path, log, weights: str = "fp32") -> dict:
+    """Export the checkpoint to OpenVINO IR (with ``weights`` compression), then time it like
+    row a; returns a raw row (id f, n or o)."""
     from feather.bench.run import RowSpec
 
+    row = WEIGHT_ROWS[weights]
     why = available(python)
     if why:
-        raise BenchError(f"row f (OpenVINO): {why}")
-    ir = work / "openvino-ir"
-    job = {**common, "work": str(work), "ir": str(ir), "prompt_text": _prompt_text(common["model"], common["prompt"])}
-    log("export: OpenVINO IR (optimum-intel)")
-    run_child([python, "-I", str(SCRIPT)], {**job, "phase": "export"}, work, "f-export")
-    log("row f: OpenVINO (optimum-intel), unpruned")
-    result = run_child([python, "-I", str(SCRIPT)], {**job, "phase": "time"}, work, "f")
-    spec = RowSpec("f", "OpenVINO, unpruned", "openvino")
-    return {"spec": spec, **result}
+        raise BenchError(f"row {row} (OpenVINO): {why}")
+    ir = work / f"openvino-ir-{weights}"
+    job = {**common, "work": str(work), "ir": str(ir), "weights": weights,
+           "prompt_text": _prompt_text(common["model"], common["prompt"])}
+    log(f"export: OpenVINO IR (optimum-intel), {weights} weights")
+    run_child([python, "-I", str(SCRIPT)], {**job, "phase": "export"}, work, f"{row}-export")
+    name = "OpenVINO, unpruned" + ("" if weights == "fp32" else f", {weights} weights")
+    log(f"row {row}: {name}")
+    result = run_child([python, "-I", str(SCRIPT)], {**job, "phase": "time"}, work, row)
+    return {"spec": RowSpec(row, name, "openvino"), **result}

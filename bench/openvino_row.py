@@ -36,10 +36,24 @@ def export(spec: dict) -> dict:
     weights = load_file(str(src / "model.safetensors"))
     renamed = {legacy_key(k): v for k, v in weights.items()}
     save_file(renamed, str(legacy / "model.safetensors"), metadata={"format": "pt"})
-    model = OVModelForVisualCausalLM.from_pretrained(str(legacy), export=True, load_in_8bit=False)
+    model = OVModelForVisualCausalLM.from_pretrained(str(legacy), export=True, load_in_8bit=False,
+                                                     **_weights(spec.get("weights", "fp32")))
     model.save_pretrained(spec["ir"])
     shutil.rmtree(legacy)
     return {"renamed": sum(k != legacy_key(k) for k in weights)}
+
+
+def _weights(kind: str) -> dict:
+    """optimum-intel's weight compression of the language model (NNCF, data-free): ``int8``
+    per-channel INT8 weights, ``int4`` symmetric INT4 weights in groups of 128 (as
+    feather-quantize's MatMulNBits); ``fp32`` none. Activations stay float either way."""
+    if kind == "fp32":
+        return {}
+    from optimum.intel import OVWeightQuantizationConfig
+
+    bits = {"int8": 8, "int4": 4}[kind]
+    config = OVWeightQuantizationConfig(bits=bits, sym=True, **({"group_size": 128, "ratio": 1.0} if bits == 4 else {}))
+    return {"quantization_config": config}
 
 
 def legacy_key(key: str) -> str:

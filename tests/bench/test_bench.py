@@ -164,3 +164,23 @@ def test_quantized_rows_ratios_and_targets_need_no_run():
     targets = _targets({**base, **ratios}, [])
     assert targets["int8_int4_ttft_vs_fp32"] == {"value": 0.625, "target": "<= 0.55", "met": False}
     assert targets["int8_int4_decode_speedup"] == {"value": 2.1, "target": ">= 2.2", "met": False}
+
+
+def test_openvino_same_precision_ratios_and_targets_need_no_run():
+    """With rows n and o (OpenVINO with INT8 / INT4 weights), the int8-int4 FEATHER chain (row j)
+    is compared at the same weight precision: TTFT against n, decode against o."""
+    from feather.bench.openvino import WEIGHT_ROWS
+    from feather.bench.run import _ratios, _targets
+
+    assert WEIGHT_ROWS == {"fp32": "f", "int8": "n", "int4": "o"}
+    row = lambda ttft, prefill, tps: {"ttft_s": ttft, "llm_prefill_s": prefill, "decode_tokens_per_s": tps,  # noqa: E731
+                                      "flops_llm_speedup": 2.0}
+    rows = {"a": row(2.0, 1.8, 10), "c": row(1.5, 1.4, 20), "d": row(0.6, 0.5, 22), "e": row(0.5, 0.4, 23),
+            "f": row(1.0, 0.9, 25), "j": row(0.3, 0.25, 50), "n": row(0.75, 0.7, 30), "o": row(0.9, 0.8, 40)}
+    ratios = _ratios(rows)
+    assert ratios["ttft_vs_openvino_same_precision"] == pytest.approx(0.4)
+    assert ratios["decode_vs_openvino_same_precision"] == pytest.approx(1.25)
+    targets = _targets(ratios, [])
+    assert targets["ttft_vs_openvino_same_precision"]["met"] and targets["decode_vs_openvino_same_precision"]["met"]
+    del rows["o"]
+    assert "decode_vs_openvino_same_precision" not in _ratios(rows)
