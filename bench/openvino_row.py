@@ -46,13 +46,15 @@ def export(spec: dict) -> dict:
 def _weights(kind: str) -> dict:
     """optimum-intel's weight compression of the language model (NNCF, data-free): ``int8``
     per-channel INT8 weights, ``int4`` symmetric INT4 weights in groups of 128 (as
-    feather-quantize's MatMulNBits); ``fp32`` none. Activations stay float either way."""
+    feather-quantize's MatMulNBits; a channel that 128 does not divide, e.g. the bench FFN's
+    1376, gets an adjusted group size); ``fp32`` none. Activations stay float either way."""
     if kind == "fp32":
         return {}
     from optimum.intel import OVWeightQuantizationConfig
 
     bits = {"int8": 8, "int4": 4}[kind]
-    config = OVWeightQuantizationConfig(bits=bits, sym=True, **({"group_size": 128, "ratio": 1.0} if bits == 4 else {}))
+    grouped = {"group_size": 128, "ratio": 1.0, "group_size_fallback": "adjust"} if bits == 4 else {}
+    config = OVWeightQuantizationConfig(bits=bits, sym=True, **grouped)
     return {"quantization_config": config}
 
 
