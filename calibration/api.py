@@ -56,7 +56,7 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
     this same export to reuse (quantizing one export several ways captures once)."""
     import time
 
-    from feather.export import api as export_api
+    from feather.export import output as export_output
 
     how = methods_mod.get(method)
     src = Path(export_dir)
@@ -72,8 +72,8 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
         t = time.perf_counter()
         cap = captured or _capture(src, samples, max_new_tokens, threads, quiet)
         timings["capture_s"] = time.perf_counter() - t
-        export_api.remove_leftovers(out.parent)
-        tmp = export_api.make_work_folder(out)
+        export_output.remove_leftovers(out.parent)
+        tmp = export_output.make_work_folder(out)
         t = time.perf_counter()
         quantized = write_graphs(src, tmp, manifest, how, cap, quantize_vision, quantize_lm_head, quiet)
         timings["quantize_s"] = time.perf_counter() - t
@@ -81,7 +81,7 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
         report = _report(cap, src, tmp, how, quantized, threads, quiet)
         timings["report_s"] = time.perf_counter() - t
         _write_report(tmp, report, samples, timings, quantize_vision, quantize_lm_head)
-        export_api.swap_in(tmp, out, overwrite)
+        export_output.swap_in(tmp, out, overwrite)
         done = True
     except OSError as err:
         raise OutputError(f"{shown(err.filename or out)}: {err.strerror or err}; nothing was written") from None

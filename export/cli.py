@@ -46,12 +46,12 @@ def _frame(text: str) -> tuple[int, int]:
 
 
 def _body(args: argparse.Namespace) -> int:
-    from feather.export import api  # torch-free until a model loads
+    from feather.export import api, output  # torch-free until a model loads
 
     # every flag and the output folder are checked before torch is imported (~4 s, 200 MB)
     config = cli.prune_config(args)
     api.check_options(args.precision, args.max_seq, args.opset, args.max_graph_layers, args.target)
-    api.check_output(args.output, args.overwrite, args.model)
+    output.check_output(args.output, args.overwrite, args.model)
     start = time.perf_counter()
     out = api.export(model=args.model, config=config, output=args.output, precision=args.precision,
                  max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet,

@@ -5,6 +5,7 @@ import pytest
 from feather.config import PruneConfig
 from feather.errors import ValidationError
 from feather.export import api, export
+from feather.export import output as folder_rules
 
 
 def test_missing_parents_are_created(tiny_path, tmp_path):
@@ -90,7 +91,7 @@ def test_outputs_that_are_refused(precious, output, message):
     cwd, ckpt = precious
     message = message.format(cwd=cwd, parent=cwd.parent, home=Path.home())
     with pytest.raises(OutputError) as info:
-        api.check_output(output, overwrite=True, model=str(ckpt))
+        folder_rules.check_output(output, overwrite=True, model=str(ckpt))
     assert message in str(info.value)
     assert (cwd / "notes.txt").read_text() == "mine" and (ckpt / "config.json").is_file()
 
@@ -102,13 +103,13 @@ def test_overwrite_replaces_only_an_export_or_an_empty_folder(tmp_path):
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     with pytest.raises(OutputError, match=r"mine: not a feather export \(no feather.json\); --overwrite"):
-        api.check_output(mine, overwrite=True)
+        folder_rules.check_output(mine, overwrite=True)
     with pytest.raises(OutputError, match=r"mine: folder is not empty; pass --overwrite"):
-        api.check_output(mine, overwrite=False)
+        folder_rules.check_output(mine, overwrite=False)
     (tmp_path / "empty").mkdir()
-    assert api.check_output(tmp_path / "empty", overwrite=False) == (tmp_path / "empty").resolve()
+    assert folder_rules.check_output(tmp_path / "empty", overwrite=False) == (tmp_path / "empty").resolve()
     (mine / "feather.json").write_text("{}")
-    assert api.check_output(mine, overwrite=True) == mine.resolve()
+    assert folder_rules.check_output(mine, overwrite=True) == mine.resolve()
 
 
 def test_a_failed_swap_leaves_the_old_export_intact(tmp_path, monkeypatch):
@@ -117,7 +118,7 @@ def test_a_failed_swap_leaves_the_old_export_intact(tmp_path, monkeypatch):
     (out / "feather.json").write_text("old")
     new.mkdir()
     (new / "feather.json").write_text("new")
-    real, calls = api.os.rename, []
+    real, calls = folder_rules.os.rename, []
 
     def rename(src, dst):
         calls.append((src, dst))
@@ -125,13 +126,13 @@ def test_a_failed_swap_leaves_the_old_export_intact(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(src, dst)
 
-    monkeypatch.setattr(api.os, "rename", rename)
+    monkeypatch.setattr(folder_rules.os, "rename", rename)
     with pytest.raises(OSError, match="No space left"):
-        api.swap_in(new, out, overwrite=True)
+        folder_rules.swap_in(new, out, overwrite=True)
     assert (out / "feather.json").read_text() == "old" and (new / "feather.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial-1-abcdefgh", "out"]
-    monkeypatch.setattr(api.os, "rename", real)
-    api.swap_in(new, out, overwrite=True)
+    monkeypatch.setattr(folder_rules.os, "rename", real)
+    folder_rules.swap_in(new, out, overwrite=True)
     assert (out / "feather.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -152,7 +153,7 @@ def test_leftovers_of_dead_exports_are_cleaned_and_nothing_else(tmp_path):
         if ".old-" in name and not name.startswith(".user"):
             (tmp_path / name / "feather.json").write_text("{}")
     (tmp_path / "kept").mkdir()
-    removed = api.remove_leftovers(tmp_path)
+    removed = folder_rules.remove_leftovers(tmp_path)
     assert sorted(p.name for p in removed) == [f".kept.old-{dead}-abcd1234", f".out.partial-{dead}-abcd1234"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
         f".out.partial-{os.getpid()}-abcd1234", ".out.partial-123-notours", f".user.old-{dead}-abcd1234",
