@@ -10,8 +10,11 @@ decoded here with a pixel bound; camera frames are encoded by the client); optio
 (INT32), ``TEMPERATURE`` and ``TOP_P`` (FP32), ``SEED`` (INT64). Outputs: ``TEXT`` (BYTES
 [1]), ``TOKENS`` (INT64 [n]), ``FEATHER`` (BYTES [1]: JSON with the kept image indices per
 stage and the timings). Needs feather-vlm (the base install) in the Python that Triton's
-stub runs, or in a virtual environment named by the ``site_packages`` parameter (the stub
-ignores PYTHONPATH); ``triton_python_backend_utils`` is provided by Triton itself.
+stub runs. The stub ignores PYTHONPATH and finds its Python through PATH: start tritonserver
+with a venv's ``bin`` first on PATH to run the stub in that venv (its numpy must be the one
+the stub was built against: < 2 for nvidia-pytriton 0.7.0's). The ``site_packages``
+parameter adds a venv's site-packages instead, after the stub's own numpy is loaded.
+``triton_python_backend_utils`` is provided by Triton itself.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         _add_site_packages(params.get("site_packages", ""))
+        _drop_working_directory()
         from feather.runtime import Pipeline
 
         folder = Path(params["export_dir"])
@@ -103,6 +107,15 @@ def _add_site_packages(dirs: str) -> None:
         before = list(sys.path)
         site.addsitedir(folder)
         sys.path[:] = [p for p in sys.path if p not in before] + before
+
+
+def _drop_working_directory() -> None:
+    """The stub's sys.path starts with '' (the server's working directory): a server started
+    inside a feather-vlm checkout would import its sources instead of the installed package."""
+    import sys
+
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
 
 
 def _scalar(request, name: str, default=None):

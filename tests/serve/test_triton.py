@@ -24,9 +24,7 @@ from tests.serve.conftest import PROMPT, free_port
 @pytest.fixture(scope="module")
 def repo(export_feather, tmp_path_factory):
     root = tmp_path_factory.mktemp("triton") / "repo"
-    site = os.environ.get("FEATHER_TRITON_SITE", "")
-    assert serve_main([str(export_feather), "--triton-repo", str(root), "--triton-instances", "2",
-                       "--triton-site-packages", site]) == 0
+    assert serve_main([str(export_feather), "--triton-repo", str(root), "--triton-instances", "2"]) == 0
     return root
 
 
@@ -78,6 +76,7 @@ def _fake_pb_utils() -> types.ModuleType:
 
 def _load_model(repo: Path, monkeypatch):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    monkeypatch.setattr(sys, "path", ["", *sys.path])  # model.py edits sys.path: restore it afterwards
     spec = importlib.util.spec_from_file_location("feather_triton_model", repo / "feather" / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -104,6 +103,7 @@ def _request(image_bytes: bytes, prompt: str = PROMPT, max_tokens: int = 8) -> d
 
 def test_model_py_answers_like_the_pipeline(repo, image_png, pipe, monkeypatch):
     model = _load_model(repo, monkeypatch)
+    assert "" not in sys.path and os.getcwd() not in sys.path  # a checkout in the cwd cannot shadow feather
     expected = pipe.generate(str(image_png), PROMPT, max_new_tokens=8)
     good = _request(image_png.read_bytes())
     no_image = {k: v for k, v in good.items() if k != "IMAGE_BYTES"}
@@ -136,7 +136,9 @@ def test_real_tritonserver_answers_like_feather_run(repo, image_png, pipe, tmp_p
     (backends / "triton_python_backend_stub").symlink_to(triton / "python_backend_stubs" / version /
                                                          "triton_python_backend_stub")
     libs = Path(pytriton_dir).parent / "nvidia_pytriton.libs"
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{prefix}/lib:{libs}"}
+    # The stub's embedded Python finds its home through PATH: with the venv first it runs in the
+    # venv (numpy < 2, which the stub is built against; under numpy 2 it misreads every input).
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{prefix}/lib:{libs}", "PATH": f"{python.parent}:{os.environ['PATH']}"}
     http, grpc, metrics = free_port(), free_port(), free_port()
     cmd = [str(triton / "bin" / "tritonserver"), "--model-repository", str(repo),
            "--backend-directory", str(backends.parent), "--http-address", "127.0.0.1", "--grpc-address",
@@ -144,7 +146,7 @@ def test_real_tritonserver_answers_like_feather_run(repo, image_png, pipe, tmp_p
            "--metrics-port", str(metrics)]
     log = tmp_path / "triton.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         client = Path(__file__).parents[2] / "examples" / "triton_client.py"
         deadline, reply = time.monotonic() + 90, None
@@ -160,6 +162,11 @@ def test_real_tritonserver_answers_like_feather_run(repo, image_png, pipe, tmp_p
         assert reply["tokens"] == expected.tokens
         assert reply["text"] == expected.text
         assert reply["stages"] == expected.stages
+        for _ in range(4):  # the stub stays healthy: every later request gets the same answer
+            again = subprocess.run([str(python), str(client), str(image_png), PROMPT, "--url", f"127.0.0.1:{http}",
+                                    "--max-tokens", "12", "--json"], capture_output=True, text=True, timeout=120)
+            assert again.returncode == 0, again.stderr[-2000:]
+            assert json.loads(again.stdout)["tokens"] == expected.tokens
     finally:
         server.terminate()
         server.wait(timeout=60)
