@@ -52,8 +52,9 @@ def configs(args: argparse.Namespace) -> list[PruneConfig] | None:
         given["K"] = tuple(given["K"])
     if args.sweep is None:  # without --K, a one-stage criterion takes the first default K (8)
         name = given.get("criterion", "feather")
-        if "K" not in given and name in CRITERIA:
-            given["K"] = PruneConfig().K[: max(1, len(CRITERIA[name].rules))]
+        criterion = CRITERIA.get(name)
+        if "K" not in given and criterion is not None and criterion.rules and criterion.fixed_k is None:
+            given["K"] = PruneConfig().K[: len(criterion.rules)]
         return [PruneConfig(**given)]
     return parse_sweep(args.sweep, PruneConfig(**{k: v for k, v in given.items() if k != "criterion"}))
 

@@ -223,6 +223,9 @@ def test_cli_pruning_options(tmp_path, capsys):
     assert [(c.criterion, c.K, c.ratio) for c in parse("--criterion", "original", "--K", "3", "--ratio", "0.75")] == [
         ("original", (3,), 0.75)]
     assert [c.K for c in parse("--sweep", "none,norope", "--K", "2", "5")] == [(), (2,)]
+    assert [(c.criterion, c.K) for c in parse("--criterion", "none")] == [("none", ())]  # the unpruned baseline
+    assert [(c.criterion, c.K) for c in parse("--criterion", "text_only")] == [("text_only", (0,))]
+    assert [(c.criterion, c.K) for c in parse("--criterion", "feather")] == [("feather", (8, 16))]
     (tmp_path / "feather.json").write_text("{}")  # an export folder: its own criterion only
     assert main([str(tmp_path), "--data", "d.jsonl", "--criterion", "original"]) == 1
     assert "export folder runs the criterion it was exported with" in capsys.readouterr().err
