@@ -213,7 +213,7 @@ def build(folder: str | os.PathLike, precision: str = "as-exported", workspace_g
     if workspace_gb is not None and not 0 < workspace_gb <= MAX_WORKSPACE_GB:
         raise ConfigError(f"workspace-gb: got {workspace_gb}, expected a number in (0, {MAX_WORKSPACE_GB}]")
     trt = trt or backend.import_tensorrt()
-    cuda = cuda or backend.Cuda()
+    cuda = cuda or backend.Cuda("feather-build")
     gpu, cc = cuda.device()
     cache_path = Path(timing_cache) if timing_cache else None
     cache = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""

@@ -19,11 +19,20 @@
 - **One generation at a time per Pipeline.** Outputs live in the session's buffers until its
   next run, so concurrent generations on one Pipeline would overwrite each other's; runs are
   serialized by a lock, and threads that generate at once need a Pipeline each.
+- **CUDA graphs for decode.** A decode step binds the same shapes and addresses every time
+  within one generation (KV buffers at capacity, inputs copied into the profile's buffers),
+  so the ``decode`` profile's enqueue is captured into a CUDA graph on its second identical
+  call (TensorRT wants one plain run first) and replayed with one ``cudaGraphLaunch``
+  afterwards; any change of a shape or address (the next generation's buffers) captures
+  again. Engines with host shape inputs are never captured (their values would be baked in),
+  and a failed capture falls back to plain enqueues for that profile.
+  ``TrtBackend(cuda_graphs=False)`` turns it off.
 - **Versions.** TensorRT 10.3 (JetPack 6) and 11.x share this code: the runtime calls used
   here exist in both; the one version branch is at build time (``export.engines.precision_mode``).
 - **Not run here.** TensorRT and CUDA cannot be installed on this project's CI machines; the
-  host-side logic runs in CI against a fake ``tensorrt`` and a fake CUDA layer that execute
-  each engine's graph with ONNX Runtime (tests/trt). CUDA-graph capture is not implemented.
+  host-side logic, CUDA-graph capture and replay included, runs in CI against a fake
+  ``tensorrt`` and a fake CUDA layer that execute each engine's graph with ONNX Runtime
+  (tests/trt).
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ import numpy as np
 from feather.errors import BackendError
 from feather.manifest import GraphSpec, Manifest, sha256_file
 from feather.manifest.schema import EngineSpec
+from feather.runtime.backends.cuda import Cuda
+
+__all__ = ["Cuda", "DeviceTensor", "TrtBackend", "TrtKVBuffer", "TrtSession", "check_engine", "find_engine"]
 
 REBUILD = "rebuild: feather-build {folder}"
 
@@ -52,58 +64,6 @@ def import_tensorrt():
                            "pip install 'feather-vlm[trt]'; Jetson: apt's python3-libnvinfer in a venv made "
                            "with --system-site-packages; see docs/tensorrt.md)") from None
     return tensorrt
-
-
-class Cuda:
-    """The few CUDA runtime calls the backend makes, through cuda-python (``cuda.bindings``
-    in cuda-python >= 12.6, ``cuda.cudart`` before). Tests substitute a fake with the same methods."""
-
-    def __init__(self):
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            try:
-                from cuda import cudart
-            except ImportError:
-                raise BackendError("provider tensorrt-native: cuda-python is missing (pip install cuda-python, "
-                                   "matching the CUDA major version of your driver)") from None
-        self.rt = cudart
-        self._default = cudart.cudaMemcpyKind.cudaMemcpyDefault  # direction from the pointers (UVA)
-
-    def _call(self, what: str, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if err != self.rt.cudaError_t.cudaSuccess:
-            raise BackendError(f"CUDA {what} failed ({err})")
-        return rest[0] if len(rest) == 1 else rest
-
-    def device(self) -> tuple[str, str]:
-        """(GPU name, compute capability "major.minor") of the current device."""
-        index = self._call("cudaGetDevice", self.rt.cudaGetDevice())
-        props = self._call("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(index))
-        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-        return name.rstrip("\0").strip(), f"{props.major}.{props.minor}"
-
-    def stream(self) -> int:
-        return int(self._call("cudaStreamCreate", self.rt.cudaStreamCreate()))
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._call("cudaMalloc", self.rt.cudaMalloc(max(nbytes, 1))))
-
-    def free(self, ptr: int) -> None:
-        self.rt.cudaFree(ptr)  # at teardown: nothing to report to
-
-    def memset(self, ptr: int, nbytes: int, stream: int) -> None:
-        self._call("cudaMemsetAsync", self.rt.cudaMemsetAsync(ptr, 0, nbytes, stream))
-
-    def copy(self, dst: int, src: int, nbytes: int, stream: int) -> None:
-        self._call("cudaMemcpyAsync", self.rt.cudaMemcpyAsync(dst, src, nbytes, self._default, stream))
-
-    def copy2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, stream: int) -> None:
-        self._call("cudaMemcpy2DAsync",
-                   self.rt.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, self._default, stream))
-
-    def sync(self, stream: int) -> None:
-        self._call("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
 
 
 @dataclass
@@ -197,6 +157,12 @@ class TrtSession:
         self.profiles = [self._profile(i, names_by_index[i] if i < len(names_by_index) else str(i), fed)
                          for i in range(count)]
         self._lock = threading.Lock()
+        # CUDA graphs: per profile, the bindings seen last and the graph captured for them
+        self._seen: dict[int, tuple] = {}
+        self._graphs: dict[int, _Graph] = {}
+        self._no_capture: set[int] = set()
+        self.graph_launches = 0  # decode steps replayed from a graph (tests and benchmarks read it)
+        weakref.finalize(self, _destroy_graphs, backend.cuda, self._graphs)
 
     def _profile(self, index: int, label: str, fed: set[str]) -> _Profile:
         engine, cuda = self.engine, self._backend.cuda
@@ -225,6 +191,52 @@ class TrtSession:
         if not context.set_input_shape(name, tuple(shape)):
             raise BackendError(f"{self.name}: input {name} shape {tuple(shape)} refused by the engine")
 
+    def _capturable(self, profile: _Profile) -> bool:
+        return (self._backend.cuda_graphs and profile.name == "decode" and not self._host_inputs
+                and profile.index not in self._no_capture)
+
+    def _execute(self, context) -> None:
+        if not context.execute_async_v3(self._backend.stream):
+            raise BackendError(f"{self.name}: TensorRT execution failed (see TensorRT's log)")
+
+    def _execute_graphed(self, profile: _Profile, key: tuple) -> None:
+        """Replay the profile's graph if it was captured for these bindings; capture it on the
+        second call with the same bindings; run plainly otherwise."""
+        cuda, stream, index = self._backend.cuda, self._backend.stream, profile.index
+        graph = self._graphs.get(index)
+        if graph is not None and graph.key == key:
+            cuda.launch(graph.exec, stream)
+            self.graph_launches += 1
+            return
+        if self._seen.get(index) != key:  # first time with these bindings: a plain run warms them up
+            self._seen[index] = key
+            self._execute(profile.context)
+            return
+        captured = self._capture(profile.context)
+        if captured is None:  # this engine cannot be captured: plain enqueues from now on
+            self._no_capture.add(index)
+            self._execute(profile.context)
+            return
+        if graph is not None:
+            cuda.destroy(graph.exec)
+        self._graphs[index] = _Graph(key, captured)
+        cuda.launch(captured, stream)
+        self.graph_launches += 1
+
+    def _capture(self, context):
+        """A graph of one enqueue of ``context``, or None if TensorRT or CUDA refused it."""
+        cuda, stream = self._backend.cuda, self._backend.stream
+        try:
+            cuda.begin_capture(stream)
+        except BackendError:
+            return None
+        ok = context.execute_async_v3(stream)
+        try:
+            graph = cuda.end_capture(stream)  # always leave capture mode
+            return cuda.instantiate(graph) if ok else None
+        except BackendError:
+            return None
+
     def run(self, feeds: Mapping, outputs: Sequence[str]) -> dict:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
@@ -242,6 +254,7 @@ class TrtSession:
     def _enqueue(self, profile: _Profile, feeds: Mapping, outputs: Sequence[str]) -> dict:
         cuda, stream, context = self._backend.cuda, self._backend.stream, profile.context
         hold = []  # host arrays whose memory must live until the copies are done
+        bound = []  # (name, shape, address) of every tensor: what a captured graph depends on
         for name, value in feeds.items():
             dtype = np.dtype(value.dtype)
             if dtype != self.dtypes[name]:
@@ -258,17 +271,21 @@ class TrtSession:
             else:
                 ptr = value.ptr
             context.set_tensor_address(name, ptr)
+            bound.append((name, tuple(value.shape), ptr))
         result = {}
         for name in self.output_names:  # every output is bound, asked for or not
-            buf = profile.buffers[name]
+            buf, shape = profile.buffers[name], tuple(context.get_tensor_shape(name))
             context.set_tensor_address(name, buf.ptr)
+            bound.append((name, shape, buf.ptr))
             if name in outputs:
-                result[name] = DeviceTensor(buf.ptr, tuple(context.get_tensor_shape(name)), self.dtypes[name], buf)
+                result[name] = DeviceTensor(buf.ptr, shape, self.dtypes[name], buf)
         unknown = [n for n in outputs if n not in result]
         if unknown:
             raise BackendError(f"{self.name}: no output {unknown[0]!r}")
-        if not context.execute_async_v3(stream):
-            raise BackendError(f"{self.name}: TensorRT execution failed (see TensorRT's log)")
+        if self._capturable(profile):
+            self._execute_graphed(profile, tuple(sorted(bound)))
+        else:
+            self._execute(context)
         if hold:
             cuda.sync(stream)  # pageable host sources: the copies must finish before they go
         return result
@@ -280,10 +297,10 @@ class TrtBackend:
 
     name = "tensorrt-native"
 
-    def __init__(self, trt=None, cuda=None, verify: bool = True):
+    def __init__(self, trt=None, cuda=None, verify: bool = True, cuda_graphs: bool = True):
         self.trt = trt or import_tensorrt()
-        self.cuda = cuda or Cuda()
-        self.verify = verify
+        self.cuda = cuda or Cuda("provider tensorrt-native")
+        self.verify, self.cuda_graphs = verify, cuda_graphs
         self.stream = self.cuda.stream()
         self.gpu, self.compute_capability = self.cuda.device()
         self._runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
@@ -340,6 +357,18 @@ def check_engine(spec: EngineSpec, tensorrt: str, gpu: str, compute_capability: 
             f"{spec.file}: built for {spec.gpu} (compute {spec.compute_capability}) with TensorRT {spec.tensorrt}; "
             f"this machine has {gpu} (compute {compute_capability}) with TensorRT {tensorrt}; "
             f"{REBUILD.format(folder=folder)}")
+
+
+@dataclass
+class _Graph:
+    key: tuple  # every bound tensor's (name, shape, address) when it was captured
+    exec: object  # cudaGraphExec_t
+
+
+def _destroy_graphs(cuda, graphs: dict) -> None:
+    for graph in graphs.values():
+        cuda.destroy(graph.exec)
+    graphs.clear()
 
 
 def _nbytes(shape, dtype) -> int:

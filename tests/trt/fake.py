@@ -82,6 +82,30 @@ class FakeCuda:
             ctypes.memmove(dst + row * dpitch, src + row * spitch, width)
         self.copies.append(width * height)
 
+    # CUDA graphs: work enqueued while capturing is recorded, not run; a launch replays it with
+    # the addresses and shapes bound at capture time (as a real graph's kernel arguments are).
+    capturing: list | None = None
+    launches = 0
+
+    def begin_capture(self, stream: int) -> None:
+        assert stream == 7 and self.capturing is None, "nested capture"
+        self.capturing = []
+
+    def end_capture(self, stream: int):
+        graph, self.capturing = self.capturing, None
+        return graph
+
+    def instantiate(self, graph):
+        return tuple(graph)
+
+    def launch(self, graph_exec, stream: int) -> None:
+        self.launches += 1
+        for replay in graph_exec:
+            replay()
+
+    def destroy(self, graph_exec) -> None:
+        pass
+
     def read(self, ptr: int, shape, dtype) -> np.ndarray:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         assert self.check(ptr, nbytes), "an engine tensor bound to host memory"
@@ -286,16 +310,23 @@ class FakeContext:
         return [d if isinstance(d, int) else bound.get(d, -1) for d in dims]
 
     def execute_async_v3(self, stream: int) -> bool:
+        addresses, shapes = dict(self.addresses), dict(self.shapes)
+        if self.engine.cuda.capturing is not None:
+            self.engine.cuda.capturing.append(lambda: self._execute(addresses, shapes))
+            return True
+        self._execute(addresses, shapes)
+        return True
+
+    def _execute(self, addresses: dict, shapes: dict) -> None:
         engine, cuda = self.engine, self.engine.cuda
         feeds = {}
         for name, (mode, dtype, _) in engine.io.items():
             if mode == engine.trt.TensorIOMode.INPUT:
-                feeds[name] = cuda.read(self.addresses[name], self.shapes[name], dtype)
+                feeds[name] = cuda.read(addresses[name], shapes[name], dtype)
         outs = engine.session.run(None, feeds)
         for value, out in zip(outs, engine.session.get_outputs()):
             assert list(value.shape) == self.get_tensor_shape(out.name), (out.name, value.shape)
-            ptr = self.addresses[out.name]
+            ptr = addresses[out.name]
             assert cuda.check(ptr, value.nbytes), f"{out.name} bound to host memory"
             ctypes.memmove(ptr, np.ascontiguousarray(value).ctypes.data, value.nbytes)
-        engine.trt.runs.append((engine.name, self.profile, self.shapes.copy()))
-        return True
+        engine.trt.runs.append((engine.name, self.profile, shapes))

@@ -40,6 +40,38 @@ def test_tokens_match_onnxruntime_and_profiles_follow_the_phase(built, export_fe
     assert decode[0]["hidden"] == (1, 1, 64) and decode[0]["cache.8.key"][2] == got.prompt_tokens - 576 + 236 + 7
 
 
+def test_decode_steps_replay_a_cuda_graph_and_recapture_for_new_buffers(built, export_feather, sample_image):
+    folder, trt, cuda = built
+    want = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=8)
+    pipe = _pipe(folder, trt, cuda)
+    for call in range(2):  # the second call's KV buffers sit elsewhere: its graphs are captured anew
+        launches = cuda.launches
+        got = pipe.generate(sample_image, PROMPT, max_new_tokens=8)
+        assert got.tokens == want.tokens
+        assert max(float(np.abs(a - b).max()) for a, b in zip(got.logits, want.logits)) < 1e-4
+        # 7 decode steps per decoder segment: a plain run, then a capture, then replays
+        assert cuda.launches - launches == 3 * 6, call
+    segs = [s.session for s in pipe.segments if s.session.profiles[-1].name == "decode"]
+    assert len(segs) == 3 and all(s.graph_launches == 12 and len(s._graphs) == 1 for s in segs)
+    off = Pipeline.load(folder, backend=TrtBackend(trt=trt, cuda=cuda, cuda_graphs=False))
+    launches = cuda.launches
+    assert off.generate(sample_image, PROMPT, max_new_tokens=8).tokens == want.tokens
+    assert cuda.launches == launches
+
+
+def test_a_capture_that_fails_falls_back_to_plain_runs(built, sample_image):
+    folder, trt, cuda = built
+    want = _pipe(folder, trt, cuda).generate(sample_image, PROMPT, max_new_tokens=6).tokens
+
+    def refuse(stream):
+        raise BackendError("CUDA cudaStreamBeginCapture failed (cudaErrorStreamCaptureUnsupported)")
+
+    cuda.begin_capture = refuse
+    launches = cuda.launches
+    assert _pipe(folder, trt, cuda).generate(sample_image, PROMPT, max_new_tokens=6).tokens == want
+    assert cuda.launches == launches and cuda.capturing is None
+
+
 def test_buffers_are_sized_from_the_profiles(built):
     folder, trt, cuda = built
     pipe = _pipe(folder, trt, cuda)
