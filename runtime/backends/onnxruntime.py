@@ -1,15 +1,22 @@
 """The ONNX Runtime backend: one ``InferenceSession`` per graph, run through IOBinding.
 
-KV caches are numpy buffers that ONNX Runtime reads in place (``OrtValue.ortvalue_from_numpy``
-wraps host memory without a copy), so a decode step binds each layer's whole cache without
-allocating or copying anything proportional to the context; the step's new rows come back as
-small outputs and are written into the buffer at their slot. (On the CUDA provider the
-buffers would live on the device; that path is the GPU issue's.)
+On the CPU, KV caches are numpy buffers that ONNX Runtime reads in place
+(``OrtValue.ortvalue_from_numpy`` wraps host memory without a copy), so a decode step binds
+each layer's whole cache without allocating or copying anything proportional to the context;
+the step's new rows come back as small outputs and are written into the buffer at their slot.
+
+On the CUDA and TensorRT providers the caches live on the GPU (``OrtDeviceKVBuffer``: an
+``OrtValue`` ONNX Runtime allocates on the device, zeroed once, its new rows written with one
+strided device copy through cuda-python), and every output is bound on the device, so hidden
+states pass from segment to segment without touching the host; only the logits come back.
+Without cuda-python the caches fall back to host memory (with a warning), which ONNX Runtime
+then copies to the device on every step.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -42,11 +49,48 @@ class OrtKVBuffer:
         self.array[:, :, at : at + rows.shape[2]] = rows
 
 
+class OrtDeviceKVBuffer:
+    """A device cache buffer [1, KV, C, hd] that ONNX Runtime allocated (``value``), zeroed;
+    ``write`` copies a step's rows [1, KV, S, hd] to rows ``at..at+S-1`` with one
+    ``cudaMemcpy2DAsync`` (KV blocks of S*hd elements; pitch C*hd) on the backend's stream."""
+
+    def __init__(self, backend: OrtBackend, shape: tuple[int, int, int, int], dtype):
+        import onnxruntime as ort
+
+        self._cuda, self._stream = backend.cuda, backend.stream
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.value = ort.OrtValue.ortvalue_from_shape_and_type(list(self.shape), self.dtype.type,
+                                                               backend.device, backend.device_id)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.address = self.value.data_ptr()
+        self._cuda.memset(self.address, self.nbytes, self._stream)
+        self._cuda.sync(self._stream)
+
+    def write(self, rows, at: int) -> None:
+        _, kv, cap, hd = self.shape
+        host = isinstance(rows, np.ndarray)
+        shape = tuple(rows.shape) if host else tuple(rows.shape())
+        dtype = rows.dtype if host else _ORT_DTYPES.get(rows.data_type())
+        fits = len(shape) == 4 and shape[1] == kv and shape[3] == hd and 0 <= at <= cap - shape[2]
+        if not fits or dtype != self.dtype:
+            raise BackendError(f"KV write: rows {shape} {dtype} at {at} do not fit buffer {self.shape} {self.dtype}")
+        keep = np.ascontiguousarray(rows) if host else None
+        src = keep.ctypes.data if host else rows.data_ptr()
+        row = hd * self.dtype.itemsize
+        self._cuda.copy2d(self.address + at * row, cap * row, src, shape[2] * row, shape[2] * row, kv, self._stream)
+        # ONNX Runtime runs on its own stream: the rows must be in place before its next run
+        self._cuda.sync(self._stream)
+
+
+_ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+               "tensor(bfloat16)": None}
+
+
 class OrtSession:
     """One ``InferenceSession``; ``run`` binds inputs and outputs with IOBinding (safe to call
     from several threads at once: each call makes its own binding)."""
 
-    def __init__(self, path: Path, providers: list, options):
+    def __init__(self, path: Path, providers: list, options, device: str | None = None):
         import onnxruntime as ort
 
         try:
@@ -57,7 +101,8 @@ class OrtSession:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._as_value = ort.OrtValue.ortvalue_from_numpy
-        self._device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(self.session.get_providers())
+        self._device = device or ("cuda" if gpu else "cpu")  # where outputs are bound
 
     def run(self, feeds: Mapping, outputs: Sequence[str]) -> dict:
         binding = self.session.io_binding()
@@ -83,7 +128,11 @@ class OrtBackend:
     with an engine cache in the export folder and a profile from the manifest's axes)."""
 
     def __init__(self, provider: str = "cpu", threads: int | None = None, profile_dir: Path | None = None,
-                 session_config: dict[str, str] | None = None):
+                 session_config: dict[str, str] | None = None, kv_on_device: bool | None = None,
+                 cuda=None, device: str | None = None, device_id: int = 0):
+        """``kv_on_device``: KV caches in device memory (default: on the cuda and tensorrt
+        providers when cuda-python is there). ``cuda`` (a ``backends.cuda.Cuda``) and ``device``
+        ("cuda") exist for tests, which run the device-buffer path on the CPU with a host copier."""
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or not 1 <= threads <= MAX_THREADS):
             raise BackendError(f"threads: got {threads!r}, expected an integer in [1, {MAX_THREADS}]")
@@ -94,6 +143,26 @@ class OrtBackend:
         # (profiled: the FEATHER chain decoded at 0.43x the unpruned one on 2 cores).
         self.session_config = {"session.force_spinning_stop": "1"} if session_config is None else session_config
         self._providers = _providers(provider)
+        self.device, self.device_id = device or ("cpu" if provider == "cpu" else "cuda"), device_id
+        self.cuda, self.stream = cuda, None
+        if kv_on_device is None:
+            kv_on_device = self.device != "cpu" or cuda is not None
+            if kv_on_device and cuda is None:
+                try:
+                    from feather.runtime.backends.cuda import import_cudart
+
+                    import_cudart(f"provider {provider}")
+                except BackendError as err:
+                    warnings.warn(f"{err}; KV caches stay in host memory and are copied to the GPU on every step",
+                                  stacklevel=2)
+                    kv_on_device = False
+        if kv_on_device:
+            if self.cuda is None:
+                from feather.runtime.backends.cuda import Cuda
+
+                self.cuda = Cuda(f"provider {provider}")
+            self.stream = self.cuda.stream()
+        self.kv_on_device = kv_on_device
 
     def open(self, path: Path, graph: GraphSpec, manifest: Manifest) -> OrtSession:
         import onnxruntime as ort
@@ -109,10 +178,10 @@ class OrtBackend:
         providers = list(self._providers)
         if self.provider == "tensorrt" and graph.axes:
             providers[0] = ("TensorrtExecutionProvider", tensorrt_options(manifest, graph, path.parent / "trt-cache"))
-        return OrtSession(path, providers, options)
+        return OrtSession(path, providers, options, self.device)
 
-    def kv_buffer(self, shape, dtype) -> OrtKVBuffer:
-        return OrtKVBuffer(shape, dtype)
+    def kv_buffer(self, shape, dtype) -> OrtKVBuffer | OrtDeviceKVBuffer:
+        return OrtDeviceKVBuffer(self, shape, dtype) if self.kv_on_device else OrtKVBuffer(shape, dtype)
 
     def to_host(self, value) -> np.ndarray:
         return value if isinstance(value, np.ndarray) else value.numpy()
