@@ -8,18 +8,23 @@ import math
 import torch
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
+def rotate_half(x: torch.Tensor, half: int | None = None) -> torch.Tensor:
+    """Exported graphs are traced: a size read from ``x.shape`` becomes Shape / Gather / Div
+    nodes computed at run time in every layer. Callers that know ``half`` (or, below, ``heads``)
+    from the config pass a Python int, so the graph gets constant shapes."""
+    half = x.shape[-1] // 2 if half is None else half
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int | None = None) -> torch.Tensor:
     """Rotate-half RoPE (Llama, Mistral, Qwen2). x [1, h, S, hd]; cos, sin [1, S, hd]."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+    return x * cos.unsqueeze(1) + rotate_half(x, half) * sin.unsqueeze(1)
 
 
-def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, head_dim: int, heads: int | None = None) -> torch.Tensor:
     """[1, S, h * hd] -> [1, h, S, hd]."""
+    if heads is not None:  # batch 1, sequence -1: no shape arithmetic in a traced graph
+        return x.view(1, -1, heads, head_dim).transpose(1, 2)
     b, s, _ = x.shape
     return x.view(b, s, -1, head_dim).transpose(1, 2)
 
