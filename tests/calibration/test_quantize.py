@@ -264,3 +264,35 @@ def test_the_lm_head_is_found_by_the_graph_not_by_its_shape():
     assert weight_matmuls(model, skip_lm_head=True, logits="logits") == (["q_proj", "o_proj"], ["head"])
     assert weight_matmuls(model, skip_lm_head=False, logits="logits")[0] == ["q_proj", "o_proj", "head"]
     assert weight_matmuls(model, skip_lm_head=True, logits=None) == (["q_proj", "o_proj", "head"], [])
+
+
+@pytest.mark.parametrize("method", ["int8-qdq", "int4-qdq"])
+def test_qdq_folders_plan_build_and_run_on_the_tensorrt_seam(method, quantized, tmp_path, sample_image):
+    """A TensorRT-target folder goes through feather-build's plan and build and the native
+    backend's host side (fake TensorRT + CUDA executing each QDQ graph with ONNX Runtime):
+    the same tokens as ONNX Runtime on that folder. Real TensorRT has not run it (none here)."""
+    from feather.export import engines
+    from feather.runtime.backends.tensorrt import TrtBackend
+    from tests.trt.fake import FakeCuda, make_trt
+
+    folder = tmp_path / method
+    shutil.copytree(quantized(method).folder, folder)
+    plan = {p.graph: p for p in engines.plan(folder).engines}
+    assert {plan[f"segment{i}.onnx"].method for i in range(3)} == {method}
+    assert [p.name for p in plan["segment1.onnx"].profiles] == ["prefill", "decode"]
+    cuda = FakeCuda()
+    trt = make_trt(cuda)
+    engines.build(folder, workspace_gb=1, trt=trt, cuda=cuda, log=lambda s: None)
+    want = Pipeline.load(folder).generate(sample_image, "What is in the image?", max_new_tokens=6)
+    got = Pipeline.load(folder, backend=TrtBackend(trt=trt, cuda=cuda)).generate(
+        sample_image, "What is in the image?", max_new_tokens=6)
+    assert got.tokens == want.tokens and got.stages == want.stages
+    assert {m["graph"] for m in load_manifest(folder).to_json()["engines"]} >= {"segment0.onnx", "segment2.onnx"}
+
+
+def test_onnxruntime_target_folders_are_refused_by_feather_build(quantized):
+    from feather.errors import ConfigError
+    from feather.export import engines
+
+    with pytest.raises(ConfigError, match=r"^target: the export was made for 'onnxruntime'"):
+        engines.plan(quantized("int8").folder)
