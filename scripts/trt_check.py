@@ -58,7 +58,10 @@ def main(argv=None) -> int:
     _, report = check(trt_pipe, args.image, args.prompt, args.max_new_tokens, args.model)
     print("\n".join(f"check (tensorrt-native vs PyTorch): {line}" for line in report.lines()))
 
-    rows = [("tensorrt-native", trt_pipe)]
+    from feather.runtime.backends.tensorrt import TrtBackend
+
+    rows = [("tensorrt-native", trt_pipe),  # decode steps replayed as CUDA graphs
+            ("trt, no cuda graphs", Pipeline.load(folder, backend=TrtBackend(cuda_graphs=False)))]
     for provider in ("cuda", "cpu"):
         try:
             rows.append((f"onnxruntime-{provider}", Pipeline.load(folder, provider=provider)))
