@@ -118,3 +118,4 @@ def test_kv_on_device_without_cuda_python_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_cuda)
     with pytest.raises(BackendError, match=r"^provider cpu: cuda-python is missing \(pip install cuda-python"):
         OrtBackend("cpu", kv_on_device=True, device="cpu")
+
