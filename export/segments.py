@@ -25,6 +25,8 @@ from torch import nn
 
 from feather.hf.layers import apply_rope, score_logits, split_heads
 
+EXP_FLOOR = -60.0  # softmax exponents below it are raised to it: e^-60 = 8.8e-27, no denormal weights
+
 KV_NAMES = {"cache_key": "cache.%d.key", "cache_value": "cache.%d.value",
             "new_key": "new.%d.key", "new_value": "new.%d.value"}
 
@@ -143,7 +145,7 @@ class DecoderSegment(nn.Module):
         h = hidden.index_select(1, keep_index)  # [1, S, d]: the kept tokens, original order
         cos, sin = self.rotary(h, position_ids)  # [1, S, hd] at ORIGINAL positions
         rep = self.heads // cache[0].shape[1]
-        masks = _masks(h.shape[1], cache[0].shape[2], past_len, rep)  # [1,1,1,C] past, [1,1,rep*S,S] new
+        masks = _masks(h.shape[1], cache[0].shape[2], past_len, rep)  # biases [1,1,1,C], [1,1,rep*S,S]; live [1,1,1,C]
         presents, h_last_in = [], h
         for j, layer in enumerate(self.layers):
             h_last_in = h
@@ -157,7 +159,8 @@ class DecoderSegment(nn.Module):
 
 
 def _masks(s: int, cap, past_len: torch.Tensor, rep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention biases (0 = may attend) for S new queries grouped ``rep`` per KV head.
+    """Attention biases (0 = may attend) for S new queries grouped ``rep`` per KV head, and
+    the cache rows' live mask as 0/1 weights.
 
         arange(C) --Less(past_len)--> [1,1,1,C]          cache rows still live
         arange(rep*S) % S --Unsqueeze--> [rep*S,1] --+
@@ -172,7 +175,9 @@ def _masks(s: int, cap, past_len: torch.Tensor, rep: int) -> tuple[torch.Tensor,
     # (profiled on the bench geometry: Where took 19 ms of an INT8 prefill)
     low = torch.finfo(torch.float32).min
     zero = torch.zeros((), dtype=torch.float32)
-    return torch.where(live, zero, low), torch.where(causal, zero, low)
+    # live as 0/1 weights too: cache rows past the live length must weigh exactly 0 (their
+    # contents are stale), which the exponent floor below would otherwise turn into e^-60
+    return torch.where(live, zero, low), torch.where(causal, zero, low), live.to(torch.float32)
 
 
 def _layer(layer, h, cos, sin, cache_k, cache_v, masks):
@@ -187,8 +192,10 @@ def _layer(layer, h, cos, sin, cache_k, cache_v, masks):
         o = (exp(s_c - m) @ cache_v + exp(s_n - m) @ v) / (sum exp(s_c - m) + sum exp(s_n - m))
 
     The cache always has at least one row (a prefill binds one masked dummy row), so every
-    reduction is over a non-empty axis; a masked score is the score plus float32's lowest
-    (-3.4e38, which absorbs any score), whose exp is exactly 0.
+    reduction is over a non-empty axis. A masked score is the score plus float32's lowest
+    (-3.4e38, which absorbs any score), raised to the exponent floor: a cache row past the
+    live length then weighs exactly 0 (multiplied by the live mask), a causally masked new
+    row at most e^-60 = 8.8e-27 (next to a weight sum >= 1: nothing float32 can show).
     """
     attn = layer.self_attn
     # sizes from the config as Python ints, not from tensor shapes: the traced graph gets
@@ -199,11 +206,15 @@ def _layer(layer, h, cos, sin, cache_k, cache_v, masks):
     k = apply_rope(split_heads(attn.k_proj(x), hd, kvh), cos, sin, hd // 2)  # [1, KV, S, hd]
     v = split_heads(attn.v_proj(x), hd, kvh)
     qg = q.reshape(1, kvh, -1, hd)  # [1, KV, rep*S, hd]: heads kv*rep .. kv*rep+rep-1
-    bias_c, bias_n = masks
+    bias_c, bias_n, live_c = masks
     s_c = (qg @ cache_k.transpose(2, 3)).float() * attn.scaling + bias_c  # [1, KV, rep*S, C]
     s_n = (qg @ k.transpose(2, 3)).float() * attn.scaling + bias_n  # [1, KV, rep*S, S]
     m = torch.maximum(s_c.amax(-1, keepdim=True), s_n.amax(-1, keepdim=True))  # fp32: fp16 overflows here
-    e_c, e_n = torch.exp(s_c - m), torch.exp(s_n - m)
+    # exp of a far-off score falls below float32's normal range (< 1.2e-38), and x86 multiplies
+    # such denormals many times slower; the floor keeps every weight normal (>= e^-60 / C,
+    # far above that range) and changes no weight float32 can tell from 0 beside a sum >= 1
+    e_c = torch.exp(torch.clamp(s_c - m, min=EXP_FLOOR)) * live_c  # stale rows: exactly 0
+    e_n = torch.exp(torch.clamp(s_n - m, min=EXP_FLOOR))  # causally masked: <= e^-60 of a finite row
     denom = e_c.sum(-1, keepdim=True) + e_n.sum(-1, keepdim=True)
     o = (e_c / denom).to(q.dtype) @ cache_v + (e_n / denom).to(q.dtype) @ v  # [1, KV, rep*S, hd]
     o = o.reshape(1, heads, -1, hd).transpose(1, 2).reshape(1, -1, heads * hd)  # [1, S, H*hd]

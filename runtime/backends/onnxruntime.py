@@ -144,7 +144,9 @@ class OrtBackend:
         # Denormals flush to zero: exp(s - max) of a far-off attention score is often below
         # fp32's normal range, and x86 multiplies denormals ~5-20x slower (profiled on the
         # bench geometry: the attention-weights @ V MatMul 55 -> 12 ms per prefill). Values
-        # under 1.2e-38 next to a softmax sum >= 1 change nothing a float32 can show.
+        # under 1.2e-38 next to a softmax sum >= 1 change nothing a float32 can show. ORT applies
+        # it to the calling thread only for a process's FIRST session, so the graphs also floor
+        # the softmax exponent (export/segments.py, EXP_FLOOR); this covers the pool threads.
         self.session_config = ({"session.force_spinning_stop": "1", "session.set_denormal_as_zero": "1"}
                                if session_config is None else session_config)
         self._providers = _providers(provider)
