@@ -86,6 +86,10 @@ class Cuda:
         self.rt.cudaGraphDestroy(graph)
         return exec_
 
+    def drop(self, graph) -> None:
+        """Free a captured graph that will not be instantiated."""
+        self.rt.cudaGraphDestroy(graph)
+
     def launch(self, graph_exec, stream: int) -> None:
         self._call("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph_exec, stream))
 

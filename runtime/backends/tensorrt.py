@@ -230,10 +230,20 @@ class TrtSession:
             cuda.begin_capture(stream)
         except BackendError:
             return None
-        ok = context.execute_async_v3(stream)
         try:
-            graph = cuda.end_capture(stream)  # always leave capture mode
-            return cuda.instantiate(graph) if ok else None
+            ok = context.execute_async_v3(stream)
+        except BaseException:
+            cuda.end_capture(stream)  # leave capture mode before the error goes up
+            raise
+        try:
+            graph = cuda.end_capture(stream)
+        except BackendError:
+            return None
+        if not ok:
+            cuda.drop(graph)
+            return None
+        try:
+            return cuda.instantiate(graph)
         except BackendError:
             return None
 

@@ -106,6 +106,9 @@ class FakeCuda:
     def destroy(self, graph_exec) -> None:
         pass
 
+    def drop(self, graph) -> None:
+        self.dropped = getattr(self, "dropped", 0) + 1
+
     def read(self, ptr: int, shape, dtype) -> np.ndarray:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         assert self.check(ptr, nbytes), "an engine tensor bound to host memory"

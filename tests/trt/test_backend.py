@@ -44,15 +44,19 @@ def test_decode_steps_replay_a_cuda_graph_and_recapture_for_new_buffers(built, e
     folder, trt, cuda = built
     want = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=8)
     pipe = _pipe(folder, trt, cuda)
-    for call in range(2):  # the second call's KV buffers sit elsewhere: its graphs are captured anew
+    for call in range(2):
         launches = cuda.launches
         got = pipe.generate(sample_image, PROMPT, max_new_tokens=8)
         assert got.tokens == want.tokens
         assert max(float(np.abs(a - b).max()) for a, b in zip(got.logits, want.logits)) < 1e-4
-        # 7 decode steps per decoder segment: a plain run, then a capture, then replays
-        assert cuda.launches - launches == 3 * 6, call
+        # 7 decode steps per decoder segment: a plain run, then a capture, then replays. The
+        # second call's KV buffers are new allocations: where one lands elsewhere, its segment
+        # captures anew (a replay of the old graph would read freed memory and fail here);
+        # where the allocator hands back the same address, the old graph is valid and replays
+        # from the first step (up to one more launch per segment)
+        assert 3 * 6 <= cuda.launches - launches <= (3 * 6 if call == 0 else 3 * 7), call
     segs = [s.session for s in pipe.segments if s.session.profiles[-1].name == "decode"]
-    assert len(segs) == 3 and all(s.graph_launches == 12 and len(s._graphs) == 1 for s in segs)
+    assert len(segs) == 3 and all(12 <= s.graph_launches <= 13 and len(s._graphs) == 1 for s in segs)
     off = Pipeline.load(folder, backend=TrtBackend(trt=trt, cuda=cuda, cuda_graphs=False))
     launches = cuda.launches
     assert off.generate(sample_image, PROMPT, max_new_tokens=8).tokens == want.tokens
@@ -70,6 +74,24 @@ def test_a_capture_that_fails_falls_back_to_plain_runs(built, sample_image):
     launches = cuda.launches
     assert _pipe(folder, trt, cuda).generate(sample_image, PROMPT, max_new_tokens=6).tokens == want
     assert cuda.launches == launches and cuda.capturing is None
+
+
+def test_an_engine_that_fails_inside_a_capture_leaves_capture_mode(built, sample_image, monkeypatch):
+    """execute_async_v3 returning False while capturing: the graph is dropped, capture mode
+    left, and the step runs plainly (so the real failure, if any, surfaces as usual)."""
+    from tests.trt.fake import FakeContext
+
+    folder, trt, cuda = built
+    want = _pipe(folder, trt, cuda).generate(sample_image, PROMPT, max_new_tokens=6).tokens
+    plain = FakeContext.execute_async_v3
+
+    def refuse_while_capturing(self, stream):
+        return False if self.engine.cuda.capturing is not None else plain(self, stream)
+
+    monkeypatch.setattr(FakeContext, "execute_async_v3", refuse_while_capturing)
+    launches = cuda.launches
+    assert _pipe(folder, trt, cuda).generate(sample_image, PROMPT, max_new_tokens=6).tokens == want
+    assert cuda.launches == launches and cuda.capturing is None and cuda.dropped == 3  # one per decoder engine
 
 
 def test_buffers_are_sized_from_the_profiles(built):
