@@ -2,21 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 
 from feather.config import PruneConfig
 from feather.reference import Reference
 from feather.selection import uniform_grid
+from tests.hf_reference import hf_generate
 
 PROMPT = "What is in the image?"
-
-
-def hf_generate(ref: Reference, image, prompt: str, n: int) -> list[int]:
-    """Greedy tokens from transformers' own LlavaForConditionalGeneration.generate."""
-    ids, pixels = ref.inputs(image, prompt)
-    out = ref.model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
-                             max_new_tokens=n, do_sample=False)
-    return out[0, ids.shape[1]:].tolist()
 
 
 @pytest.fixture(scope="module")

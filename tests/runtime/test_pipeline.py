@@ -4,24 +4,20 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from feather.config import PruneConfig
 from feather.reference import Reference
 from feather.runtime import Pipeline
 from feather.runtime.check import compare
 from feather.runtime.pipeline import _Run
+from tests import hf_reference
 
 PROMPT = "What is in the image?"
 N = 16
 
 
 def hf_tokens(path, image, prompt=PROMPT, n=N):
-    ref = Reference.load(str(path), PruneConfig(criterion="none"))
-    ids, pixels = ref.inputs(image, prompt)
-    out = ref.model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
-                             max_new_tokens=n, do_sample=False)
-    return out[0, ids.shape[1]:].tolist()
+    return hf_reference.hf_tokens(path, image, prompt, n)
 
 
 def test_unpruned_chain_equals_hf_generate_on_tiny(export_none, tiny_path, sample_image):
