@@ -1,4 +1,5 @@
-"""feather.json: round trip, and every way a bad export folder is refused with its JSON path."""
+"""feather.json: round trip, and every way a bad manifest is refused with its JSON path
+(the folder's files and their hashes: test_manifest_files.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,135 +14,20 @@ from feather.errors import ManifestError
 from feather.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
-    AxisRange,
-    Dims,
-    GraphSpec,
-    ImageSpec,
     KVNames,
     Manifest,
-    PromptSpec,
-    PruningSpec,
-    Source,
-    StageSpec,
-    TokenSpec,
-    Tolerance,
     from_json,
     load_manifest,
-    save_manifest,
     sha256_file,
     to_json,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-KV = KVNames("cache.%d.key", "cache.%d.value", "new.%d.key", "new.%d.value")
-SEQ = {"seq": AxisRange(1, 512, 2048)}
-
-
-def make_segment(start: int, end: int, n_in: int) -> GraphSpec:
-    last = end == 24
-    return GraphSpec(
-        file=f"segment_{start:02d}_{end:02d}.onnx",
-        inputs={"hidden": "hidden_in", "keep_index": "keep_index", "position_ids": "position_ids",
-                "past_len": "past_len"},
-        outputs={"logits": "logits"} if last else {"hidden": "hidden_out", "score": "score"},
-        axes=dict(SEQ),
-        layers=[start, end],
-        kv=KV,
-        n_image_in=n_in,
-    )
-
-
-def make_manifest() -> Manifest:
-    """A complete, valid manifest for a 24-layer LLaVA pruned in two stages."""
-    return Manifest(
-        schema_version=SCHEMA_VERSION,
-        producer="feather-vlm 0.2.0",
-        target="portable",
-        source=Source(model="llava-hf/llava-1.5-7b-hf", revision="a272c74"),
-        dims=Dims(
-            num_layers=24,
-            hidden=2048,
-            heads=16,
-            kv_heads=16,
-            head_dim=128,
-            vocab=32064,
-            intermediate=5632,
-            n_image=576,
-            grid=24,
-            vision_hidden=1024,
-        ),
-        image=ImageSpec(
-            size=[336, 336],
-            resize_shortest_edge=336,
-            resample="bicubic",
-            center_crop=True,
-            rescale_factor=1 / 255,
-            normalize=True,
-            mean=[0.48145466, 0.4578275, 0.40821073],
-            std=[0.26862954, 0.26130258, 0.27577711],
-        ),
-        prompt=PromptSpec(
-            template="USER: <image>\n{prompt} ASSISTANT:",
-            image_token="<image>",
-            image_token_id=32000,
-            n_image_tokens=576,
-        ),
-        tokens=TokenSpec(eos=[2], pad=32001, bos=1),
-        tokenizer="tokenizer.json",
-        pruning=PruningSpec(
-            criterion="feather",
-            K=[8, 16],
-            ratio=0.7,
-            stride=3,
-            mode="static",
-            stages=[StageSpec(8, "ensemble", False, 236), StageSpec(16, "topk_norope2", False, 21)],
-        ),
-        vision=GraphSpec(
-            file="vision.onnx",
-            inputs={"pixel_values": "pixel_values"},
-            outputs={"image_features": "image_features"},
-            axes={"batch": AxisRange(1, 1, 4)},
-        ),
-        embed=GraphSpec(
-            file="embed.onnx",
-            inputs={"input_ids": "input_ids"},
-            outputs={"embeds": "inputs_embeds"},
-            axes=dict(SEQ),
-        ),
-        segments=[make_segment(0, 8, 576), make_segment(8, 16, 236), make_segment(16, 24, 21)],
-        precision="fp16",
-        opset=17,
-        max_seq=2048,
-        tolerance=Tolerance(logits_abs=0.05, hidden_abs=0.02),
-    )
-
-
-def write_export(folder: Path, manifest: Manifest | None = None) -> Manifest:
-    """Dummy graph / tokenizer files plus a saved feather.json; returns the manifest."""
-    manifest = manifest or make_manifest()
-    for graph in (manifest.vision, manifest.embed, *manifest.segments):
-        (folder / graph.file).write_bytes(b"onnx:" + graph.file.encode())
-    (folder / manifest.tokenizer).write_text('{"model": {}}')
-    (folder / "weights").mkdir()
-    (folder / "weights" / "segment_00_08.onnx.data").write_bytes(bytes(range(256)) * 8)
-    save_manifest(manifest, folder)
-    return manifest
-
-
-def edit_and_load(folder: Path, edit) -> Manifest:
-    """Save a valid export, apply ``edit`` to the raw JSON dict, write it back, load it."""
-    write_export(folder)
-    path = folder / MANIFEST_NAME
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data, indent=2))
-    return load_manifest(folder)
-
-
-def refused(folder: Path, edit) -> str:
-    with pytest.raises(ManifestError) as info:
-        edit_and_load(folder, edit)
-    return str(info.value)
+from tests.feather.manifest_helpers import (
+    KV,
+    REPO,
+    make_manifest,
+    refused,
+    write_export,
+)
 
 
 def test_round_trip(tmp_path):
@@ -325,79 +210,6 @@ def test_deeply_nested_or_huge_json_is_one_line(tmp_path):
         load_manifest(tmp_path)
 
 
-def test_unlisted_and_linked_files_are_refused(tmp_path):
-    """Integrity covers the whole folder: a file that is not listed (so a byte-flip in it would
-    go unnoticed) and a symlink out of the folder are both refused; trt-cache/ is exempt."""
-    write_export(tmp_path)
-    (tmp_path / "trt-cache").mkdir()
-    (tmp_path / "trt-cache" / "engine.bin").write_bytes(b"engine")
-    assert load_manifest(tmp_path).vision.file == "vision.onnx"
-    (tmp_path / "extra.onnx.data").write_bytes(b"x")
-    with pytest.raises(ManifestError, match=r"extra\.onnx\.data: not listed in feather.json files"):
-        load_manifest(tmp_path)
-    (tmp_path / "extra.onnx.data").unlink()
-    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
-    outside.write_text("{}")
-    (tmp_path / "tokenizer.json").unlink()
-    (tmp_path / "tokenizer.json").symlink_to(outside)
-    with pytest.raises(ManifestError, match=r"tokenizer\.json: is a symbolic link"):
-        load_manifest(tmp_path)
-    (tmp_path / "tokenizer.json").unlink()
-    (tmp_path / "tokenizer.json").write_text('{"model": {}}')
-    (tmp_path / "weights2").symlink_to(tmp_path.parent)
-    with pytest.raises(ManifestError, match=r"weights2: is a symbolic link"):
-        load_manifest(tmp_path)
-
-
-def test_empty_file_list_is_refused(tmp_path):
-    write_export(tmp_path)
-    data = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    data["files"] = {}
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(ManifestError, match=r"vision\.onnx: not listed in feather.json files"):
-        load_manifest(tmp_path)
-
-
-def test_file_changed_after_save(tmp_path):
-    write_export(tmp_path)
-    (tmp_path / "vision.onnx").write_bytes(b"tampered")
-    with pytest.raises(ManifestError) as info:
-        load_manifest(tmp_path)
-    assert str(info.value) == f"{tmp_path / 'vision.onnx'}: sha256 mismatch (file changed after export)"
-    assert load_manifest(tmp_path, verify=False).vision.file == "vision.onnx"
-
-
-def test_nested_file_changed_after_save(tmp_path):
-    write_export(tmp_path)
-    (tmp_path / "weights" / "segment_00_08.onnx.data").write_bytes(b"\0")
-    with pytest.raises(ManifestError, match=r"weights/segment_00_08\.onnx\.data: sha256 mismatch"):
-        load_manifest(tmp_path)
-
-
-def test_listed_file_deleted(tmp_path):
-    write_export(tmp_path)
-    (tmp_path / "segment_08_16.onnx").unlink()
-    with pytest.raises(ManifestError) as info:
-        load_manifest(tmp_path)
-    assert str(info.value) == f"{tmp_path / 'segment_08_16.onnx'}: missing (named by feather.json segments[1].file)"
-    (tmp_path / "weights" / "segment_00_08.onnx.data").unlink()
-    (tmp_path / "segment_08_16.onnx").write_bytes(b"onnx:segment_08_16.onnx")
-    with pytest.raises(ManifestError, match=r"segment_00_08\.onnx\.data: missing \(listed in feather.json\)$"):
-        load_manifest(tmp_path)
-
-
-def test_named_file_never_saved(tmp_path):
-    manifest = make_manifest()
-    manifest.embed.file = "embed_fp16.onnx"
-    write_export(tmp_path, manifest)
-    (tmp_path / "embed_fp16.onnx").unlink()
-    save_manifest(manifest, tmp_path)
-    with pytest.raises(
-        ManifestError, match=r"embed_fp16\.onnx: missing \(named by feather.json embed.file\)"
-    ):
-        load_manifest(tmp_path)
-
-
 def test_not_an_export(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifest(tmp_path)
@@ -417,20 +229,6 @@ def test_top_level_not_an_object(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text("[1, 2]")
     with pytest.raises(ManifestError, match=r"^feather.json: expected object, got list$"):
         load_manifest(tmp_path)
-
-
-def test_save_refuses_invalid_manifest_and_writes_nothing(tmp_path):
-    manifest = make_manifest()
-    manifest.segments[1].layers = [8, 15]
-    with pytest.raises(ManifestError, match=r"segments\[2\]\.layers: starts at 16, expected 15"):
-        write_export(tmp_path, manifest)
-    assert not (tmp_path / MANIFEST_NAME).exists()
-    assert manifest.files == {}
-
-
-def test_save_into_missing_folder(tmp_path):
-    with pytest.raises(ManifestError, match=r"missing: no such folder$"):
-        save_manifest(make_manifest(), tmp_path / "missing")
 
 
 def test_segment_for_layer_and_path(tmp_path):
