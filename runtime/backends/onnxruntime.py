@@ -16,6 +16,7 @@ then copies to the device on every step.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,19 +53,20 @@ class OrtKVBuffer:
 class OrtDeviceKVBuffer:
     """A device cache buffer [1, KV, C, hd] that ONNX Runtime allocated (``value``), zeroed;
     ``write`` copies a step's rows [1, KV, S, hd] to rows ``at..at+S-1`` with one
-    ``cudaMemcpy2DAsync`` (KV blocks of S*hd elements; pitch C*hd) on the backend's stream."""
+    ``cudaMemcpy2DAsync`` (KV blocks of S*hd elements; pitch C*hd) on the backend's stream;
+    the backend waits for the copies once, before its next session run, not once per layer."""
 
     def __init__(self, backend: OrtBackend, shape: tuple[int, int, int, int], dtype):
         import onnxruntime as ort
 
-        self._cuda, self._stream = backend.cuda, backend.stream
+        self._backend, self._cuda, self._stream = backend, backend.cuda, backend.stream
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.value = ort.OrtValue.ortvalue_from_shape_and_type(list(self.shape), self.dtype.type,
                                                                backend.device, backend.device_id)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.address = self.value.data_ptr()
         self._cuda.memset(self.address, self.nbytes, self._stream)
-        self._cuda.sync(self._stream)
+        backend.pending()
 
     def write(self, rows, at: int) -> None:
         _, kv, cap, hd = self.shape
@@ -78,8 +80,7 @@ class OrtDeviceKVBuffer:
         src = keep.ctypes.data if host else rows.data_ptr()
         row = hd * self.dtype.itemsize
         self._cuda.copy2d(self.address + at * row, cap * row, src, shape[2] * row, shape[2] * row, kv, self._stream)
-        # ONNX Runtime runs on its own stream: the rows must be in place before its next run
-        self._cuda.sync(self._stream)
+        self._backend.pending(keep)  # ONNX Runtime runs on its own stream: synced before its next run
 
 
 _ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
@@ -90,7 +91,7 @@ class OrtSession:
     """One ``InferenceSession``; ``run`` binds inputs and outputs with IOBinding (safe to call
     from several threads at once: each call makes its own binding)."""
 
-    def __init__(self, path: Path, providers: list, options, device: str | None = None):
+    def __init__(self, path: Path, providers: list, options, device: str | None = None, before_run=None):
         import onnxruntime as ort
 
         try:
@@ -103,8 +104,11 @@ class OrtSession:
         self._as_value = ort.OrtValue.ortvalue_from_numpy
         gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(self.session.get_providers())
         self._device = device or ("cuda" if gpu else "cpu")  # where outputs are bound
+        self._before_run = before_run
 
     def run(self, feeds: Mapping, outputs: Sequence[str]) -> dict:
+        if self._before_run is not None:
+            self._before_run()
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
@@ -170,6 +174,8 @@ class OrtBackend:
                 self.cuda = Cuda(f"provider {provider}")
             self.stream = self.cuda.stream()
         self.kv_on_device = kv_on_device
+        self._lock = threading.Lock()
+        self._unsynced, self._hold = False, []  # KV copies enqueued since the last sync; their host sources
 
     def open(self, path: Path, graph: GraphSpec, manifest: Manifest) -> OrtSession:
         import onnxruntime as ort
@@ -185,7 +191,21 @@ class OrtBackend:
         providers = list(self._providers)
         if self.provider == "tensorrt" and graph.axes:
             providers[0] = ("TensorrtExecutionProvider", tensorrt_options(manifest, graph, path.parent / "trt-cache"))
-        return OrtSession(path, providers, options, self.device)
+        return OrtSession(path, providers, options, self.device, self.sync if self.kv_on_device else None)
+
+    def pending(self, host_source=None) -> None:
+        """A KV copy was enqueued on ``stream`` (from ``host_source``, kept alive until the sync)."""
+        with self._lock:
+            self._unsynced = True
+            if host_source is not None:
+                self._hold.append(host_source)
+
+    def sync(self) -> None:
+        """Wait for the enqueued KV copies (before a session reads the caches)."""
+        with self._lock:
+            if self._unsynced:
+                self.cuda.sync(self.stream)
+                self._unsynced, self._hold = False, []
 
     def kv_buffer(self, shape, dtype) -> OrtKVBuffer | OrtDeviceKVBuffer:
         return OrtDeviceKVBuffer(self, shape, dtype) if self.kv_on_device else OrtKVBuffer(shape, dtype)

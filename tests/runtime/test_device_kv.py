@@ -25,13 +25,14 @@ class HostCopier:
 
     def __init__(self):
         self.copies: list[tuple[int, int, int, int]] = []  # (dpitch, spitch, width, height)
-        self.memsets = 0
+        self.memsets = self.syncs = 0
 
     def stream(self) -> int:
         return 3
 
     def sync(self, stream: int) -> None:
         assert stream == 3
+        self.syncs += 1
 
     def memset(self, ptr: int, nbytes: int, stream: int) -> None:
         ctypes.memset(ptr, 0, nbytes)
@@ -70,11 +71,15 @@ def test_a_decode_step_writes_one_row_per_layer_in_place(export_feather, sample_
     before = [b.value.numpy().copy() for b in bufs]
     lengths = [n for n, caches in zip(run.lengths, run.caches) for _ in caches]
     copier.copies.clear()
+    syncs = copier.syncs
     pipe.decode_step(token, run)
     d = pipe.manifest.dims
     row = d.head_dim * 4  # float32
     # one strided copy per layer and K/V: KV rows of one head_dim each, into a pitch of capacity rows
     assert len(copier.copies) == len(bufs) == 24 * 2
+    # one wait per session run that follows copies (this step's embed waits for the previous
+    # step's last segment; segments 1 and 2 for the one before them), not one per layer
+    assert copier.syncs - syncs == len(run.caches) == 3
     assert {(s, w, h) for _, s, w, h in copier.copies} == {(row, row, d.kv_heads)}
     assert [p for p, *_ in copier.copies] == [b.shape[2] * row for b in bufs]
     assert [b.address for b in bufs] == addresses and [b.value.data_ptr() for b in bufs] == addresses
