@@ -42,10 +42,15 @@ def describe(threads: int, load_before: tuple[float, float, float]) -> dict:
     start and end of the run: a shared machine's other work shows up there."""
     import psutil
 
+    from feather.runtime import cpu
+
+    host = cpu.detect()
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "physical_cores": psutil.cpu_count(logical=False),
         "cpu_model": cpu_model(),
+        # the ISA features that pick ONNX Runtime's kernels (CPUID, so an emulated CPU reports itself)
+        "cpu": {**host.to_json(), "line": host.line()},
         "ram_bytes": psutil.virtual_memory().total,
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -30,8 +30,9 @@ def table(report: dict):
     from rich.table import Table
 
     s, g = report["settings"], report["geometry"]
+    cpu = report.get("machine", {}).get("cpu", {}).get("line")
     title = (f"feather-bench, geometry {g['name']}: median of {s['repeats']} after 1 warm-up, "
-             f"{s['new_tokens']} new tokens, {s['threads']} threads")
+             f"{s['new_tokens']} new tokens, {s['threads']} threads" + (f"\n{cpu}" if cpu else ""))
     t = Table(title=title)
     for name in ("row", "vision s", "LLM prefill s", "prefill speed-up\nmeasured / FLOPs", "TTFT s",
                  "decode tok/s", "peak RSS MiB", "KV MiB\n(predicted)", "kept", "others'\nCPU cores"):

@@ -53,8 +53,8 @@ def _body(args: argparse.Namespace) -> int:
               f"{sum(t.values()):.1f} s (capture {t['capture_s']:.1f}, quantize {t['quantize_s']:.1f}, "
               f"report {t['report_s']:.1f})")
     if not done.report.ok:
-        print(f"feather-quantize: the accuracy check failed (worst relative error {done.report.max_rel_error:.3g} "
-              f"> bound {done.report.bound:g}); the folder was written, inspect it before use", file=sys.stderr)
+        print(f"feather-quantize: the accuracy check failed: {done.report.failure()}; the folder was written, "
+              "inspect it before use", file=sys.stderr)
         return 2
     return 0
 

@@ -127,6 +127,14 @@ class OrtSession:
         return self.session.end_profiling()
 
 
+SESSION_CONFIG = {"session.force_spinning_stop": "1", "session.set_denormal_as_zero": "1"}
+"""Every session the project opens on the CPU (the runtime's and the quantization report's):
+see ``OrtBackend.__init__`` for why each entry. Not here: ``session.x64quantprecision`` (U8U8
+kernels on x86 without VNNI): onnxruntime 1.32's rewrite for it fails at session creation on
+our int8 graphs ("Attempt to replace the existing tensor"); int8 weights are quantized with
+headroom instead (docs/quantization.md)."""
+
+
 class OrtBackend:
     """ONNX Runtime with ``provider`` cpu, cuda or tensorrt (the TensorRT execution provider,
     with an engine cache in the export folder and a profile from the manifest's axes)."""
@@ -151,8 +159,7 @@ class OrtBackend:
         # under 1.2e-38 next to a softmax sum >= 1 change nothing a float32 can show. ORT applies
         # it to the calling thread only for a process's FIRST session, so the graphs also floor
         # the softmax exponent (export/segments.py, EXP_FLOOR); this covers the pool threads.
-        self.session_config = ({"session.force_spinning_stop": "1", "session.set_denormal_as_zero": "1"}
-                               if session_config is None else session_config)
+        self.session_config = dict(SESSION_CONFIG) if session_config is None else session_config
         self._providers = _providers(provider)
         self.device, self.device_id = device or ("cpu" if provider == "cpu" else "cuda"), device_id
         self.cuda, self.stream = cuda, None

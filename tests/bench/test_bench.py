@@ -57,6 +57,14 @@ def test_ratios_and_targets_present(bench_run):
     assert report["geometry"]["n_image"] == 576 and report["geometry"]["layers"] == 24
     assert report["geometry"]["vision_layers"] == 3  # tiny CLIP: 4 layers, LLaVA reads layer -2
     assert report["machine"]["nproc"] >= 1 and report["settings"]["threads"] == 1
+    from feather.runtime import cpu
+
+    host = cpu.detect()  # the ISA features that pick ONNX Runtime's kernels, named in the JSON and the title
+    assert report["machine"]["cpu"]["features"] == list(host.features) and host.features
+    assert report["machine"]["cpu"]["int8_kernel"] == host.int8_kernel
+    from feather.bench.report import table
+
+    assert host.line() in table(report).title
 
 
 def test_long_context_row_and_its_prediction(bench_run):
