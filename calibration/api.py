@@ -59,6 +59,9 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
     from feather.export import output as export_output
 
     how = methods_mod.get(method)
+    import onnx  # noqa: F401  (the [export] extra: fail before the capture runs, not after it)
+    import onnxruntime.quantization  # noqa: F401
+
     src = Path(export_dir)
     manifest = check_source(src)
     if captured is not None:

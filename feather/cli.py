@@ -26,6 +26,13 @@ MAX_NEW_TOKENS = 1 << 20
 """An upper bound for --max-new-tokens before the export's max_seq bounds it further."""
 
 
+EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
+          "starlette": "serve", "uvicorn": "serve", "psutil": "bench", "matplotlib": "bench",
+          "tensorrt": "trt", "cuda": "trt"}
+"""Modules of the optional extras (pyproject.toml) -> the extra that installs them: a command
+that needs one on the base install says which extra to add, in one line."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C so that ``finally`` blocks
     (an export's clean-up of its work folder) run before the process exits."""
@@ -201,6 +208,13 @@ def run(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
         return 1
     except KeyboardInterrupt as err:
         return _interrupted(parser.prog, err)
+    except ModuleNotFoundError as err:
+        extra = EXTRAS.get((err.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"{parser.prog}: error: needs the [{extra}] extra ({err.name} is not installed): "
+              f"pip install 'feather-vlm[{extra}]'", file=sys.stderr)
+        return 1
     except Exception as err:
         # a signal that lands inside a C extension's import (onnxruntime, torch) surfaces as
         # "ImportError: initialization failed" caused by the KeyboardInterrupt: still an interrupt

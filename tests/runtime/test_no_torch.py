@@ -60,3 +60,23 @@ def test_check_without_the_export_extra_says_what_to_install(runtime_python, exp
                           cwd=runtime_python.parent)
     assert proc.returncode == 1 and "pip install 'feather-vlm[export]'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("command", "extra", "missing"), [
+    (["feather-serve", "{folder}"], "serve", "uvicorn"),
+    (["feather-quantize", "{folder}", "-o", "{tmp}/q"], "export", "onnx"),
+    (["feather-bench", "--quick"], "export", "torch"),
+    (["feather-export", "--model", "tiny", "--output", "{tmp}/out"], "export", "torch"),
+])
+def test_commands_that_need_an_extra_name_it_in_one_line(runtime_python, export_feather, tmp_path, command, extra,
+                                                         missing):
+    """On the base install (no extras) each command that needs more prints one line naming
+    the extra to install and exits 1, and writes nothing."""
+    exe = runtime_python.parent / command[0]
+    args = [a.format(folder=export_feather, tmp=tmp_path) for a in command[1:]]
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0] == (f"{command[0]}: error: needs the [{extra}] extra ({missing} is not installed): "
+                        f"pip install 'feather-vlm[{extra}]'")
+    assert list(tmp_path.iterdir()) == []
