@@ -65,13 +65,17 @@ METHODS = {
 }
 
 
-KERNEL_BOUNDS = {"int8": 0.03, "int8-qdq": 0.03, "fp8-qdq": 0.03, "int4": 0.15, "int4-qdq": 0.15}
-"""The kernel error each graph's weights kind may show against its exact integer reference
-(``emulate``), the same on every CPU. Measured on the tiny export, worst graph: int8 0.0014 on
-x86 (AVX2 under qemu Haswell, and AVX-512 VNNI), 0.0086 on aarch64 (qemu cortex-a76, dotprod);
-int8-qdq 0.004 / 0.0066; fp8-qdq 2e-7 / 0; int4 0.055 everywhere (its reference leaves out
-accuracy_level 4's int8 rounding of activations). Full-range int8 weights on AVX2 gave 0.45.
-docs/quantization.md ("Every CPU")."""
+KERNEL_SLACK = 1.25
+KERNEL_FLOOR = 0.005
+"""The kernel check, the same for every method and every CPU: a quantized graph's relative
+error against the float graph may be at most ``KERNEL_SLACK`` times what its exact integer
+reference gives (``emulate``: the same rounding, no fast kernel) plus ``KERNEL_FLOOR``. The
+host's kernels may round differently (a fused kernel's float order flips an activation's
+quantization level now and then, and random layers amplify it: ||q - r|| / ||r|| reached 0.05
+on the bench geometry's segment 0 on a VNNI host) but must not add error. Measured ratio of
+the two errors: 0.99-1.02 on every graph of the tiny and bench exports, every method, on
+AVX-512 VNNI, AVX2 (qemu Haswell) and aarch64 (qemu cortex-a76); full-range int8 weights on
+AVX2: 7-9x (tiny), the failure this check exists for. docs/quantization.md ("Every CPU")."""
 
 
 def get(name: str) -> Method:

@@ -4,16 +4,17 @@ Per graph, teacher-forced: the feeds the floating-point chain made (``Capture``)
 the float graph and the quantized one (its decode graph for decode runs), and their main
 output (hidden states, logits, image features) is compared: relative error
 ||q - f|| / ||f|| and cosine. The same feeds also go to the kernel reference of the quantized
-graph (``emulate``: its integer arithmetic computed exactly in float), and ||q - r|| / ||r||
-is the part of the error that the host's kernels add: about 0 wherever the kernels are right,
-0.45 where x86 without VNNI saturates a weight format without headroom. Per chain,
+graph (``emulate``: its integer arithmetic computed exactly in float): ||r - f|| / ||f|| is
+what the method itself costs on this model, and the kernels' result must stay close to it
+(``methods.KERNEL_SLACK``): they do wherever the kernels are right (ratio 0.99-1.02), not where
+x86 without VNNI saturates a weight format without headroom (7-9x). Per chain,
 free-running on the same calibration prompts: the kept-index overlap (Jaccard) at every
 pruning stage, greedy token agreement, and the max logit difference over the steps where both
 chains saw the same tokens.
 
 ``ok`` (the check) asks only what a random-weight checkpoint can answer: every graph's
-relative error within the method's bound, its kernel error within the bound of its weights
-kind (``methods.KERNEL_BOUNDS``: the same on every CPU), and finite logits. Token agreement
+relative error within the method's bound and within ``KERNEL_SLACK`` x its exact reference's
+error + ``KERNEL_FLOOR`` (the same on every CPU and every method), and finite logits. Token agreement
 and kept indices are reported, not judged: 0.1 % weight noise already flips them on random weights.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from feather.calibration import emulate
 from feather.calibration.capture import Capture
-from feather.calibration.methods import KERNEL_BOUNDS
+from feather.calibration.methods import KERNEL_FLOOR, KERNEL_SLACK
 from feather.manifest import GraphSpec, Manifest, load_manifest
 
 
@@ -42,15 +43,20 @@ class GraphError:
     runs: int
     rel_error: float
     cosine: float
-    kernel_error: float  # ||q - r|| / ||r|| against the kernel reference r (see the module docstring)
+    reference_error: float  # ||r - f|| / ||f||: the exact integer reference r (see the module docstring)
+    kernel_error: float  # ||q - r|| / ||r||: how differently the host's kernels rounded (reported)
 
     @property
     def kernel_bound(self) -> float:
-        return KERNEL_BOUNDS.get(self.method, 0.0)
+        """The most relative error the host's kernels may reach, given the exact reference's."""
+        return KERNEL_SLACK * self.reference_error + KERNEL_FLOOR
+
+    @property
+    def kernel_ratio(self) -> float:
+        return self.rel_error / self.reference_error if self.reference_error > 0 else math.inf
 
     def ok(self, bound: float) -> bool:
-        return (math.isfinite(self.rel_error) and self.rel_error <= bound
-                and math.isfinite(self.kernel_error) and self.kernel_error <= self.kernel_bound)
+        return math.isfinite(self.rel_error) and self.rel_error <= min(bound, self.kernel_bound)
 
 
 @dataclass
@@ -83,27 +89,31 @@ class Report:
         return max((g.kernel_error for g in self.graphs), default=0.0)
 
     @property
+    def max_kernel_ratio(self) -> float:
+        """The worst relative error over its exact reference's (1.0: the kernels add nothing)."""
+        return max((g.kernel_ratio for g in self.graphs), default=1.0)
+
+    @property
     def max_rel_error(self) -> float:
         return max((g.rel_error for g in self.graphs), default=0.0)
 
     def lines(self) -> list[str]:
-        out = [f"method {self.method}: per-graph relative error bound {self.bound:g} (teacher-forced); kernel "
-               "error (against the exact integer reference) bounds "
-               + ", ".join(f"{k} {v:g}" for k, v in KERNEL_BOUNDS.items() if k in {g.method for g in self.graphs})]
+        out = [f"method {self.method}: per-graph relative error bound {self.bound:g} (teacher-forced), and at most "
+               f"{KERNEL_SLACK:g} x the exact integer reference's error + {KERNEL_FLOOR:g}"]
         if self.cpu:
             out.append(f"  cpu: {self.cpu.get('line', '')}")
         for g in self.graphs:
             flag = "" if g.rel_error <= self.bound else "  OVER BOUND"
-            if not g.kernel_error <= g.kernel_bound:
-                flag += "  KERNEL OVER BOUND"
-            out.append(f"  {g.file:<24} {g.method:<9} {g.phase:<8} runs {g.runs:>3}  rel err {g.rel_error:.4f}  "
-                       f"kernel err {g.kernel_error:.4f}  cosine {g.cosine:.5f}{flag}")
+            if not g.rel_error <= g.kernel_bound:
+                flag += "  KERNELS ADD ERROR"
+            out.append(f"  {g.file:<24} {g.method:<9} {g.phase:<8} runs {g.runs:>3}  rel err {g.rel_error:.4f} "
+                       f"(exact {g.reference_error:.4f}, x{g.kernel_ratio:.2f})  cosine {g.cosine:.5f}{flag}")
         for c in self.chains:
             jac = " ".join(f"{j:.3f}" for j in c.jaccard) or "no stages"
             out.append(f"  chain {c.prompt[:36]!r}: tokens {c.tokens_equal}/{c.tokens_total} equal "
                        f"({c.leading_equal} leading), kept Jaccard {jac}, max logit diff {c.max_logit_diff:.3g}")
         out.append("check: " + ("PASS" if self.ok else "FAIL") + f" (worst rel err {self.max_rel_error:.4f}, "
-                   f"worst kernel err {self.max_kernel_error:.4f})")
+                   f"worst over the exact reference x{self.max_kernel_ratio:.2f})")
         return out
 
     def failure(self) -> str:
@@ -111,16 +121,18 @@ class Report:
         for g in self.graphs:
             if not (math.isfinite(g.rel_error) and g.rel_error <= self.bound):
                 return f"{g.file} ({g.phase}): relative error {g.rel_error:.3g} > bound {self.bound:g}"
-            if not (math.isfinite(g.kernel_error) and g.kernel_error <= g.kernel_bound):
-                return (f"{g.file} ({g.phase}): kernel error {g.kernel_error:.3g} > bound {g.kernel_bound:g} (this "
-                        f"CPU's {self.cpu.get('int8_kernel', 'int8')} kernels disagree with exact integer arithmetic)")
+            if not g.rel_error <= g.kernel_bound:
+                return (f"{g.file} ({g.phase}): relative error {g.rel_error:.3g} where exact integer arithmetic gives "
+                        f"{g.reference_error:.3g} (allowed {KERNEL_SLACK:g}x + {KERNEL_FLOOR:g}): this CPU's "
+                        f"{self.cpu.get('int8_kernel', 'int8')} kernels add error")
         if not self.ok:
             return "a chain's logits are not finite"
         return ""
 
     def to_json(self) -> dict:
         return {"method": self.method, "bound": self.bound, "ok": self.ok, "max_rel_error": self.max_rel_error,
-                "max_kernel_error": self.max_kernel_error, "kernel_bounds": dict(KERNEL_BOUNDS), "cpu": self.cpu,
+                "max_kernel_error": self.max_kernel_error, "max_kernel_ratio": self.max_kernel_ratio,
+                "kernel_slack": KERNEL_SLACK, "kernel_floor": KERNEL_FLOOR, "cpu": self.cpu,
                 "graphs": [asdict(g) for g in self.graphs], "chains": [asdict(c) for c in self.chains]}
 
 
@@ -157,14 +169,16 @@ def graph_errors(capture: Capture, float_dir: Path, quant_dir: Path, path: str, 
             continue
         sess = _session(quant_dir / file, threads)
         exact = emulate.reference_session(quant_dir / file, threads)
-        errs, coss, kerns = [], [], []
+        errs, coss, exacts, kerns = [], [], [], []
         for f in feeds:
-            q = sess.run([output], f)[0]
-            rel, cos = compare(ref.run([output], f)[0], q)
+            q, r, fl = sess.run([output], f)[0], exact.run([output], f)[0], ref.run([output], f)[0]
+            rel, cos = compare(fl, q)
             errs.append(rel)
             coss.append(cos)
-            kerns.append(compare(exact.run([output], f)[0], q)[0])
-        out.append(GraphError(path, file, how, phase, len(feeds), max(errs), min(coss), max(kerns)))
+            exacts.append(compare(fl, r)[0])
+            kerns.append(compare(r, q)[0])
+        # the worst run of each, and the kernel check on the same statistic: max over runs
+        out.append(GraphError(path, file, how, phase, len(feeds), max(errs), min(coss), max(exacts), max(kerns)))
     return out
 
 

@@ -3,8 +3,8 @@
 ONNX Runtime on x86 without VNNI multiplies u8 x s8 with ``vpmaddubsw``, which adds product
 pairs in 16 bits with saturation; with full-range int8 weights that took the tiny export's
 int8 error from 0.07 to 0.46 on an AVX2-only host. The shipped weights leave headroom (7-bit
-range), and the report compares every quantized graph with its exact integer reference, so a
-saturating kernel fails the check instead of passing it. The AVX2 host is emulated with
+range), and the report holds every quantized graph's error to what its exact integer reference
+gives (x1.25 + 0.005), so a saturating kernel fails the check instead of passing it. The AVX2 host is emulated with
 ``qemu-x86_64 -cpu Haswell`` (Debian's qemu-user): numpy and ONNX Runtime read CPUID there and
 pick their AVX2 kernels. CI installs qemu-user and sets FEATHER_REQUIRE_QEMU=1, so this test
 cannot skip there.
@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from feather.calibration import METHODS, methods, quantize
-from feather.calibration.methods import KERNEL_BOUNDS
+from feather.calibration import report as report_mod
+from feather.calibration.methods import KERNEL_FLOOR, KERNEL_SLACK
 from feather.runtime import cpu
 from tests.calibration.conftest import STEPS
 
@@ -81,47 +82,50 @@ def test_int8_holds_on_an_avx2_only_cpu_and_the_report_catches_saturation(quanti
     assert avx2["ok"] is True and len(avx2["graphs"]) == 6
     for g in avx2["graphs"]:
         native = here[(g["file"], g["phase"])]
-        assert g["rel_error"] <= 0.1 and g["kernel_error"] <= KERNEL_BOUNDS["int8"]
+        assert g["rel_error"] <= 0.1 and g["rel_error"] <= KERNEL_SLACK * g["reference_error"] + KERNEL_FLOOR
         assert abs(g["rel_error"] - native.rel_error) <= 0.01, (g, native)
-    # full-range weights saturate there: the kernel error shows it and the check fails
+    # full-range weights saturate there: several times the exact reference's error, check fails
     assert avx2_full["ok"] is False
-    assert avx2_full["max_kernel_error"] > 10 * KERNEL_BOUNDS["int8"], avx2_full["max_kernel_error"]
-    # ... while on a VNNI / AMX / aarch64 host the same folder is exact (and on another AVX2
-    # host it fails here too, which is the point)
+    assert avx2_full["max_kernel_ratio"] > 3, avx2_full["max_kernel_ratio"]
+    # ... while on a VNNI / AMX / aarch64 host the same folder adds nothing (and on another
+    # AVX2 host it fails here too, which is the point)
     if not cpu.detect().u8s8_saturates:
-        assert full_range_int8.report.max_kernel_error <= KERNEL_BOUNDS["int8"]
+        assert full_range_int8.report.ok and full_range_int8.report.max_kernel_ratio <= 1.1
 
 
-def test_report_names_the_cpu_and_the_kernel_error(quantized):
+def test_report_names_the_cpu_and_the_exact_reference(quantized):
     report = quantized("int8").report
     host = cpu.detect()
     assert report.cpu["int8_kernel"] == host.int8_kernel and report.cpu["arch"] == platform.machine()
     assert f"  cpu: {host.line()}" in report.lines()
     data = report.to_json()
-    assert data["max_kernel_error"] == max(g["kernel_error"] for g in data["graphs"]) <= KERNEL_BOUNDS["int8"]
+    assert data["max_kernel_ratio"] == max(g["rel_error"] / g["reference_error"] for g in data["graphs"])
+    assert data["max_kernel_error"] == max(g["kernel_error"] for g in data["graphs"])
+    assert (data["kernel_slack"], data["kernel_floor"]) == (KERNEL_SLACK, KERNEL_FLOOR)
     assert report.failure() == ""
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_agrees_with_its_exact_reference(method, quantized):
-    """Every quantized graph's kernel error is within its kind's bound on this host (the same
-    bounds on every kind of CPU: docs/quantization.md)."""
+    """Every quantized graph's error is what its exact integer reference gives, within the slack
+    (the same on every kind of CPU: docs/quantization.md)."""
     report = quantized(method).report
     assert report.graphs and report.ok, "\n".join(report.lines())
     for g in report.graphs:
-        assert 0 <= g.kernel_error <= KERNEL_BOUNDS[g.method], g
+        assert 0 < g.reference_error and g.rel_error <= KERNEL_SLACK * g.reference_error + KERNEL_FLOOR, g
 
 
 def test_cli_exits_2_naming_the_graph_when_the_kernels_disagree(export_feather, tmp_path, capsys, monkeypatch):
-    """A kernel error over its bound fails the check: exit 2, one line naming the graph, the
-    number, the bound and the CPU's int8 kernel family (here forced with a bound of 0)."""
+    """Kernels that add error fail the check: exit 2, one line naming the graph, the numbers,
+    the allowance and the CPU's int8 kernel family (here forced with a slack under 1)."""
     from feather.calibration.cli import main
 
-    monkeypatch.setitem(KERNEL_BOUNDS, "int8", 0.0)
+    monkeypatch.setattr(report_mod, "KERNEL_SLACK", 0.5)
     code = main([str(export_feather), "--method", "int8", "-o", str(tmp_path / "q"), "--steps", "2", "--quiet"])
     captured_io = capsys.readouterr()
     lines = captured_io.err.strip().splitlines()
     assert code == 2 and len(lines) == 1, captured_io.err
-    assert "kernel error" in lines[0] and "> bound 0 " in lines[0] and cpu.detect().int8_kernel in lines[0]
+    assert "where exact integer arithmetic gives" in lines[0] and "(allowed 0.5x + 0.005)" in lines[0]
+    assert f"{cpu.detect().int8_kernel} kernels add error" in lines[0]
     assert lines[0].startswith("feather-quantize: the accuracy check failed: segment")
-    assert "KERNEL OVER BOUND" in captured_io.out and f"cpu: {cpu.detect().line()}" in captured_io.out
+    assert "KERNELS ADD ERROR" in captured_io.out and f"cpu: {cpu.detect().line()}" in captured_io.out
