@@ -16,7 +16,7 @@ quantized graph a second time as this reference, with the same rounding and no f
 
 The first two are exact (integer sums below 2^24 per term, float32 accumulation); the third
 drops the int8 rounding of activations that accuracy_level 4 applies, so its bound allows for
-that (``methods.Method.kernel_bound``).
+that (``methods.KERNEL_SLACK``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ output (hidden states, logits, image features) is compared: relative error
 graph (``emulate``: its integer arithmetic computed exactly in float): ||r - f|| / ||f|| is
 what the method itself costs on this model, and the kernels' result must stay close to it
 (``methods.KERNEL_SLACK``): they do wherever the kernels are right (ratio 0.99-1.02), not where
-x86 without VNNI saturates a weight format without headroom (7-9x). Per chain,
+x86 without VNNI saturates a weight format without headroom (3-14x). Per chain,
 free-running on the same calibration prompts: the kept-index overlap (Jaccard) at every
 pruning stage, greedy token agreement, and the max logit difference over the steps where both
 chains saw the same tokens.
@@ -45,18 +45,15 @@ class GraphError:
     cosine: float
     reference_error: float  # ||r - f|| / ||f||: the exact integer reference r (see the module docstring)
     kernel_error: float  # ||q - r|| / ||r||: how differently the host's kernels rounded (reported)
+    kernel_ratio: float  # the worst run's rel error over its exact reference's (1.0: kernels add nothing)
+    kernel_excess: float  # max over runs of rel - (KERNEL_SLACK * exact + KERNEL_FLOOR): <= 0 passes
 
     @property
-    def kernel_bound(self) -> float:
-        """The most relative error the host's kernels may reach, given the exact reference's."""
-        return KERNEL_SLACK * self.reference_error + KERNEL_FLOOR
-
-    @property
-    def kernel_ratio(self) -> float:
-        return self.rel_error / self.reference_error if self.reference_error > 0 else math.inf
+    def kernels_ok(self) -> bool:
+        return math.isfinite(self.kernel_excess) and self.kernel_excess <= 0
 
     def ok(self, bound: float) -> bool:
-        return math.isfinite(self.rel_error) and self.rel_error <= min(bound, self.kernel_bound)
+        return math.isfinite(self.rel_error) and self.rel_error <= bound and self.kernels_ok
 
 
 @dataclass
@@ -104,7 +101,7 @@ class Report:
             out.append(f"  cpu: {self.cpu.get('line', '')}")
         for g in self.graphs:
             flag = "" if g.rel_error <= self.bound else "  OVER BOUND"
-            if not g.rel_error <= g.kernel_bound:
+            if not g.kernels_ok:
                 flag += "  KERNELS ADD ERROR"
             out.append(f"  {g.file:<24} {g.method:<9} {g.phase:<8} runs {g.runs:>3}  rel err {g.rel_error:.4f} "
                        f"(exact {g.reference_error:.4f}, x{g.kernel_ratio:.2f})  cosine {g.cosine:.5f}{flag}")
@@ -121,10 +118,10 @@ class Report:
         for g in self.graphs:
             if not (math.isfinite(g.rel_error) and g.rel_error <= self.bound):
                 return f"{g.file} ({g.phase}): relative error {g.rel_error:.3g} > bound {self.bound:g}"
-            if not g.rel_error <= g.kernel_bound:
-                return (f"{g.file} ({g.phase}): relative error {g.rel_error:.3g} where exact integer arithmetic gives "
-                        f"{g.reference_error:.3g} (allowed {KERNEL_SLACK:g}x + {KERNEL_FLOOR:g}): this CPU's "
-                        f"{self.cpu.get('int8_kernel', 'int8')} kernels add error")
+            if not g.kernels_ok:
+                return (f"{g.file} ({g.phase}): a run's relative error is {g.kernel_ratio:.3g}x what exact integer "
+                        f"arithmetic gives on it (allowed {KERNEL_SLACK:g}x + {KERNEL_FLOOR:g}; worst rel error "
+                        f"{g.rel_error:.3g}): this CPU's {self.cpu.get('int8_kernel', 'int8')} kernels add error")
         if not self.ok:
             return "a chain's logits are not finite"
         return ""
@@ -177,8 +174,12 @@ def graph_errors(capture: Capture, float_dir: Path, quant_dir: Path, path: str, 
             coss.append(cos)
             exacts.append(compare(fl, r)[0])
             kerns.append(compare(r, q)[0])
-        # the worst run of each, and the kernel check on the same statistic: max over runs
-        out.append(GraphError(path, file, how, phase, len(feeds), max(errs), min(coss), max(exacts), max(kerns)))
+        # the kernel check runs per run: the same feeds through both, so one saturated decode
+        # step cannot hide behind another run's larger error
+        ratios = [e / x if x > 0 else (1.0 if e == 0 else math.inf) for e, x in zip(errs, exacts)]
+        excess = max(e - (KERNEL_SLACK * x + KERNEL_FLOOR) for e, x in zip(errs, exacts))
+        out.append(GraphError(path, file, how, phase, len(feeds), max(errs), min(coss), max(exacts), max(kerns),
+                              max(ratios), excess))
     return out
 
 
