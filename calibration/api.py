@@ -8,9 +8,11 @@
               written beside the graphs as quantization.json
 
 Everything happens in a work folder beside the output, moved into place only at the end
-(the export's own folder rules: ``feather.export.api``), so a refusal or a failure leaves
-nothing on disk. Which graphs are quantized: every decoder segment; the vision tower and the
-LM head stay float unless ``quantize_vision`` / ``quantize_lm_head``.
+(``feather.folder.staged_output``, the export's own folder rules and transaction: missing
+parents created, leftovers of killed runs removed, the clean-up held against signals), so a
+refusal, a failure or an interrupt leaves nothing on disk. Which graphs are quantized: every
+decoder segment; the vision tower and the LM head stay float unless ``quantize_vision`` /
+``quantize_lm_head``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +29,11 @@ from feather.calibration import capture as capture_mod
 from feather.calibration import methods as methods_mod
 from feather.calibration import report as report_mod
 from feather.calibration.data import Sample, default_set, load_set
-from feather.cli import shown
 from feather.errors import InputError, OutputError
 from feather.export.progress import Steps
+from feather.folder import check_output, staged_output
 from feather.manifest import GraphSpec, Manifest, Tolerance, load_manifest, save_manifest
+from feather.text import shown
 
 REPORT_FILE = "quantization.json"
 
@@ -52,12 +56,10 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
     ``{"image", "prompt"}``; default: the built-in set). Raises ``ConfigError`` for an unknown
     method, ``InputError`` for a bad calibration file or a folder that is already quantized,
     ``ManifestError`` for a folder that is not an intact export, ``OutputError`` for an
-    output it may not write; in each case nothing is written. ``captured``: a ``record()`` of
-    this same export to reuse (quantizing one export several ways captures once)."""
-    import time
-
-    from feather.export import output as export_output
-
+    output it may not write (checked before the capture runs; missing parent folders are
+    created), or a file-system failure while writing; in each case nothing is written.
+    ``captured``: a ``record()`` of this same export to reuse (quantizing one export several
+    ways captures once)."""
     how = methods_mod.get(method)
     import onnx  # noqa: F401  (the [export] extra: fail before the capture runs, not after it)
     import onnxruntime.quantization  # noqa: F401
@@ -70,13 +72,10 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
         samples = load_set(calibration) if calibration is not None else default_set()
     out = _check_output(src, output or f"{os.fspath(src).rstrip('/')}-{method}", overwrite)
     timings: dict = {}
-    tmp, done = None, False
-    try:
+    with staged_output(out, overwrite) as tmp:  # parents, leftovers, work folder; swap or clean-up
         t = time.perf_counter()
         cap = captured or _capture(src, samples, max_new_tokens, threads, quiet)
         timings["capture_s"] = time.perf_counter() - t
-        export_output.remove_leftovers(out.parent)
-        tmp = export_output.make_work_folder(out)
         t = time.perf_counter()
         quantized = write_graphs(src, tmp, manifest, how, cap, quantize_vision, quantize_lm_head, quiet)
         timings["quantize_s"] = time.perf_counter() - t
@@ -84,13 +83,6 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
         report = _report(cap, src, tmp, how, quantized, threads, quiet)
         timings["report_s"] = time.perf_counter() - t
         _write_report(tmp, report, samples, timings, quantize_vision, quantize_lm_head)
-        export_output.swap_in(tmp, out, overwrite)
-        done = True
-    except OSError as err:
-        raise OutputError(f"{shown(err.filename or out)}: {err.strerror or err}; nothing was written") from None
-    finally:
-        if not done and tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return Quantized(out, report, timings)
 
 
@@ -118,8 +110,7 @@ def _method_of(manifest: Manifest, file: str) -> str:
 
 
 def _check_output(src: Path, output, overwrite: bool) -> Path:
-    from feather.export.api import check_output
-
+    """``feather.folder.check_output``, and never overlapping the export being quantized."""
     out = check_output(output, overwrite)
     real = Path(os.path.realpath(src))
     if out == real or real in out.parents or out in real.parents:

@@ -23,6 +23,7 @@ from feather.eval.data import Sample
 from feather.eval.models import Model, label
 from feather.eval.scoring import gt_in_view, score_answer, stage_stats
 from feather.flops import image_token_reduction
+from feather.folder import write_atomic
 from feather.runtime.preprocess import load_image
 from feather.runtime.viz import View
 
@@ -161,10 +162,8 @@ def _check_same_run(json_out, run: dict, model: Model) -> None:
 
 
 def _write_json(path: Path, report: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(report, indent=1))
     except OSError as err:
         raise OutputError(f"{path}: cannot write the report ({' '.join(str(err).split())})") from None
 

@@ -4,37 +4,29 @@ Works in a temporary folder beside the output and moves it into place only when 
 graph exported, passed the operator allow-list and onnx.checker, and matched PyTorch in
 ONNX Runtime; a failure (an error, a full disk, Ctrl-C, SIGTERM) leaves nothing behind,
 and an export killed outright (SIGKILL) is cleaned by the next export into the same
-folder. Graphs are exported one at a time and freed, so peak memory is the model plus
-about twice its largest graph.
+folder (``feather.folder.staged_output``, the transaction feather-quantize and feather-build
+use too). Graphs are exported one at a time and freed, so peak memory is the model plus
+about 3.5x its largest graph.
 
 What ``--overwrite`` may replace, and which output paths are refused, is written down in
-docs/hardening.md; ``check_output`` enforces it before anything is loaded.
+docs/hardening.md; ``feather.folder.check_output`` enforces it before anything is loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import shutil
 from pathlib import Path
 
 from feather.config import PruneConfig
-from feather.errors import ConfigError, FeatherError, ModelError, OutputError
+from feather.errors import ConfigError, FeatherError, ModelError
 from feather.export import onnx_io, validate
 from feather.export.chain import SegmentPlan, plan_segments
-from feather.export.output import (
-    _first_line,
-    _make_parents,
-    _signals_deferred,
-    check_output,
-    make_work_folder,
-    remove_leftovers,
-    swap_in,
-)
 from feather.export.progress import Steps
+from feather.folder import check_output, staged_output
 from feather.hf import checkpoint as model_mod
-
-PRECISIONS = ("fp32", "fp16")
+from feather.manifest import BOUNDS, PRECISIONS, TARGETS
+from feather.text import first_line
 
 
 def export(
@@ -60,13 +52,12 @@ def export(
     tile layout, hence every token count); required for NeXT, refused for other checkpoints.
 
     Raises ``OutputError`` for an output it may not write or replace (see
-    ``check_output``) or a file-system failure while writing (full disk, read-only)."""
+    ``feather.folder.check_output``) or a file-system failure while writing (full disk,
+    read-only); the folder is written through ``feather.folder.staged_output``."""
     config = config or PruneConfig()
     check_options(precision, max_seq, opset, max_graph_layers, target)
     out = check_output(output, overwrite, model)
-    import torch
-
-    dtype = torch.float32 if precision == "fp32" else torch.float16
+    dtype = model_mod.torch_dtype(precision)
     tiles = _tiles(model_mod.load_config(model), image_size)  # refused before the weights load
     llava, processor = _load(model, dtype)
     geom = model_mod.geometry(llava.config, tiles)
@@ -75,22 +66,9 @@ def export(
     plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid, max_graph_layers)
     if tiles is not None:
         plans = _tiled_plans(plans, config, geom, tiles)
-    created: list[Path] = []
-    tmp, done = None, False
-    try:
-        _make_parents(out.parent, created)
-        remove_leftovers(out.parent)
-        tmp = make_work_folder(out)
+    with staged_output(out, overwrite, model) as tmp:  # feather.folder: parents, leftovers, swap, clean-up
         _write_graphs(llava, geom, plans, tmp, precision, opset, quiet, target, tiles)
         _write_manifest(tmp, model, llava, processor, config, geom, plans, precision, opset, max_seq, target, tiles)
-        swap_in(tmp, out, overwrite)
-        done = True
-    except OSError as err:
-        raise OutputError(_os_error(err, out)) from None
-    finally:
-        if not done:
-            with _signals_deferred():  # a second Ctrl-C or SIGTERM must not cut the clean-up short
-                _clean_up(tmp, created)
     return out
 
 
@@ -124,15 +102,6 @@ def _tiled_plans(plans: list[SegmentPlan], config: PruneConfig, geom, tiles) -> 
     return out
 
 
-def _clean_up(tmp: Path | None, created: list[Path]) -> None:
-    """Remove the work folder and the parent folders this export created."""
-    if tmp is not None:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for folder in reversed(created):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
 def _write_manifest(folder: Path, model: str, llava, processor, *args) -> None:
     from feather.export import manifest_build  # imports torch: only once a model is loaded
 
@@ -146,20 +115,14 @@ def _load(model: str, dtype):
     except FeatherError:
         raise
     except (OSError, ValueError) as err:
-        raise ModelError(f"{model}: cannot load the checkpoint ({_first_line(err)})") from None
+        raise ModelError(f"{model}: cannot load the checkpoint ({first_line(err)})") from None
     except Exception as err:  # safetensors raises its own SafetensorError for a truncated file
         if type(err).__module__.split(".")[0].startswith("safetensors"):
-            raise ModelError(f"{model}: cannot load the weights ({_first_line(err)})") from None
+            raise ModelError(f"{model}: cannot load the weights ({first_line(err)})") from None
         raise
 
 
-def _os_error(err: OSError, out: Path) -> str:
-    where = err.filename or out
-    return f"{where}: {err.strerror or _first_line(err)}; nothing was written"
-
-
 # ---------------------------------------------------------------- options and graphs
-TARGETS = ("portable", "onnxruntime")
 MIN_TEXT = 16
 """Room a prompt needs beside the image tokens: the template, a short question, one answer token."""
 
@@ -188,8 +151,9 @@ def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: in
         raise ConfigError(f"max_graph_layers: got {max_graph_layers!r}, expected an integer >= 1")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}")
-    if isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 16:
-        raise ConfigError(f"max_seq: got {max_seq!r}, expected an integer >= 16")
+    low, high = BOUNDS["max_seq"]  # the manifest's bound: refused here, not after every graph is exported
+    if isinstance(max_seq, bool) or not isinstance(max_seq, int) or not low <= max_seq <= high:
+        raise ConfigError(f"max_seq: got {max_seq!r}, expected an integer in {low}..{high}")
     if not 17 <= opset <= 21:
         raise ConfigError(f"opset: got {opset}, expected 17..21")
 

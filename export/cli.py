@@ -7,6 +7,7 @@ import time
 
 from feather import cli
 from feather.hf.checkpoint import DEFAULT_MODEL
+from feather.manifest import BOUNDS, MAX_IMAGE_SIDE, PRECISIONS, TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,13 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HF id (from the local cache), local folder, or 'tiny' (default: %(default)s)")
     parser.add_argument("--output", "-o", default="feather-export", help="output folder (default: %(default)s)")
     cli.add_prune_args(parser)
-    parser.add_argument("--precision", default="fp32", help="fp32 or fp16 (default: %(default)s)")
-    parser.add_argument("--max-seq", type=cli.int_in(16, 1 << 20), default=2048,
-                        help="longest prompt + answer (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32",  # checked by api.check_options, before torch
+                        help=f"{' or '.join(PRECISIONS)} (default: %(default)s)")
+    parser.add_argument("--max-seq", type=cli.int_in(*BOUNDS["max_seq"]), default=2048,
+                        help="longest prompt + answer, {}..{} (default: %(default)s)".format(*BOUNDS["max_seq"]))
     parser.add_argument("--opset", type=cli.int_in(17, 21), default=17, help="ONNX opset (default: %(default)s)")
     parser.add_argument("--max-graph-layers", type=cli.int_in(1, 1 << 16), default=None, metavar="N",
                         help="at most N decoder layers per graph (bounds export memory; 8 for 7B)")
-    parser.add_argument("--target", default="portable", choices=("portable", "onnxruntime"),
+    parser.add_argument("--target", default="portable", choices=TARGETS,
                         help="runtime the graphs are for: portable (TensorRT and any ONNX runtime: standard ops "
                              "and QDQ) or onnxruntime (may use com.microsoft ops) (default: %(default)s)")
     parser.add_argument("--image-size", type=_frame, default=None, metavar="WxH",
@@ -38,20 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _frame(text: str) -> tuple[int, int]:
-    """``WxH`` -> (width, height), each 1..4096."""
+    """``WxH`` -> (width, height), each 1..MAX_IMAGE_SIDE (4096)."""
     parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= 4096 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with sides 1..4096 (e.g. 640x480), got {text!r}")
+    if len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= MAX_IMAGE_SIDE for p in parts):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with sides 1..{MAX_IMAGE_SIDE} (e.g. 640x480), "
+                                         f"got {text!r}")
     return int(parts[0]), int(parts[1])
 
 
 def _body(args: argparse.Namespace) -> int:
-    from feather.export import api, output  # torch-free until a model loads
+    from feather import folder
+    from feather.export import api  # torch-free until a model loads
 
     # every flag and the output folder are checked before torch is imported (~4 s, 200 MB)
     config = cli.prune_config(args)
     api.check_options(args.precision, args.max_seq, args.opset, args.max_graph_layers, args.target)
-    output.check_output(args.output, args.overwrite, args.model)
+    folder.check_output(args.output, args.overwrite, args.model)
     start = time.perf_counter()
     out = api.export(model=args.model, config=config, output=args.output, precision=args.precision,
                  max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet,

@@ -23,8 +23,10 @@ is an fp16 export. ``precision_mode`` is the one place that branches on the vers
 Memory (Jetson shares DRAM between CPU and GPU): graphs are built one at a time and every
 builder object is dropped (and ``gc.collect()``-ed) before the next; the workspace is capped
 with ``--workspace-gb``. Engines go to ``engines/`` (exempt from ``files``; each engine's
-sha256 is recorded and checked before it is deserialized), through a partial folder, and
-the manifest is rewritten once at the end, atomically.
+sha256 is recorded and checked before it is deserialized), through ``feather.folder.staged_files``
+(a work folder ``engines/.engines.partial-<pid>-<random>``; the engines are moved in and the
+manifest rewritten, atomically, only once all are built, with SIGINT / SIGTERM / SIGHUP held;
+a failure or a signal before that leaves engines/ and feather.json as they were).
 
 None of the TensorRT calls here have run in this project's CI (TensorRT cannot be installed
 there); tests drive them through a fake ``tensorrt`` module (tests/trt/fake.py).
@@ -35,17 +37,19 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from feather.errors import BackendError, ConfigError
+from feather.folder import staged_files, write_atomic
 from feather.manifest import GraphSpec, Manifest, load_manifest, save_manifest, sha256_file
 from feather.manifest.checks import ENGINE_FOLDER
 from feather.manifest.schema import EngineProfile, EngineSpec
 
-PRECISIONS = ("as-exported", "fp16", "bf16")
+BUILD_MODES = ("as-exported", "fp16", "bf16")
+"""``feather-build --precision``: how an engine is built (the export precisions are another table,
+``feather.manifest.PRECISIONS``)."""
 MAX_WORKSPACE_GB = 1024
 Shape = tuple[int, ...]
 
@@ -73,7 +77,7 @@ class EnginePlan:
     profiles: tuple[Profile, ...]
 
     def describe_precision(self) -> str:
-        if self.precision == "as-exported" or (self.precision == "fp16" and self.dtype == "float16"):
+        if strongly_typed(self.dtype, self.precision):
             return f"strongly typed ({self.dtype} graph{'' if self.method == 'float' else ', ' + self.method})"
         return (f"{self.precision} builder flag over a {self.dtype} graph, reductions and softmax pinned to fp32 "
                 "(TensorRT 10 only; TensorRT 11 needs an fp16 export)")
@@ -124,8 +128,8 @@ def plan(folder: str | os.PathLike, precision: str = "as-exported") -> BuildPlan
 
 def plan_manifest(m: Manifest, precision: str = "as-exported") -> list[EnginePlan]:
     """One ``EnginePlan`` per graph file the runtime opens, in run order."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}")
+    if precision not in BUILD_MODES:
+        raise ConfigError(f"precision: got {precision!r}, expected one of {', '.join(BUILD_MODES)}")
     if m.target != "portable":
         raise ConfigError(f"target: the export was made for {m.target!r} (operators TensorRT cannot parse); "
                           "re-export with feather-export --target portable")
@@ -186,10 +190,16 @@ def _segment_profile(m: Manifest, spec: GraphSpec, phase: str) -> Profile:
 
 
 # ---------------------------------------------------------------- TensorRT versions: the one branch
+def strongly_typed(dtype: str, precision: str) -> bool:
+    """Whether the graph's own dtypes decide (``as-exported``, or ``fp16`` over an fp16 graph)
+    rather than a builder flag over an fp32 graph."""
+    return precision == "as-exported" or (precision == "fp16" and dtype == "float16")
+
+
 def precision_mode(trt, dtype: str, precision: str) -> str:
     """How to build: ``strong`` (the ONNX dtypes decide; all TensorRT 10.x / 11.x) or ``weak``
     (an fp16 / bf16 builder flag over an fp32 graph; TensorRT 10 only, refused on 11)."""
-    if precision == "as-exported" or (precision == "fp16" and dtype == "float16"):
+    if strongly_typed(dtype, precision):
         return "strong"
     if not hasattr(trt.BuilderFlag, precision.upper()):  # TensorRT 11: strongly typed networks only
         raise ConfigError(
@@ -217,30 +227,33 @@ def build(folder: str | os.PathLike, precision: str = "as-exported", workspace_g
     gpu, cc = cuda.device()
     cache_path = Path(timing_cache) if timing_cache else None
     cache = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    partial = folder / ENGINE_FOLDER / f".partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        specs = []
+    specs: list[EngineSpec] = []
+    built = manifest
+
+    def commit(work: Path) -> None:
+        """With SIGINT, SIGTERM and SIGHUP held: the engines into engines/, then their records."""
+        nonlocal built
+        for item in items:
+            os.replace(work / Path(item.engine).name, folder / item.engine)
+        kept = [e for e in manifest.engines if e.graph not in {s.graph for s in specs}]
+        built = dataclasses.replace(manifest, engines=kept + specs)
+        save_manifest(built, folder)
+
+    # feather.folder's transaction: engines/ made if missing, leftovers of killed builds removed, a
+    # work folder inside it; a failure or a signal before the commit leaves engines/ and feather.json as they were
+    with staged_files(folder / ENGINE_FOLDER, commit) as work:
         for i, item in enumerate(items, 1):
             log(f"[{i}/{len(items)}] {item.graph} -> {item.engine}")
             blob, cache = build_engine(trt, folder / item.graph, item, workspace_gb, cache)
-            (partial / Path(item.engine).name).write_bytes(blob)
+            (work / Path(item.engine).name).write_bytes(blob)
             specs.append(EngineSpec(
-                graph=item.graph, file=item.engine, sha256=sha256_file(partial / Path(item.engine).name),
+                graph=item.graph, file=item.engine, sha256=sha256_file(work / Path(item.engine).name),
                 graph_sha256=manifest.files[item.graph], tensorrt=trt.__version__, gpu=gpu,
                 compute_capability=cc, precision=precision, profiles=[p.record() for p in item.profiles]))
             del blob
             gc.collect()
-        for item in items:
-            os.replace(partial / Path(item.engine).name, folder / item.engine)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     if cache_path is not None and cache:
         _write_bytes(cache_path, cache)
-    kept = [e for e in manifest.engines if e.graph not in {s.graph for s in specs}]
-    built = dataclasses.replace(manifest, engines=kept + specs)
-    save_manifest(built, folder)
     return built
 
 
@@ -305,7 +318,6 @@ def pin_fp32(trt, network) -> list[str]:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
+    """The timing cache, written atomically (its folder made if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)

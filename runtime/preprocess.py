@@ -21,6 +21,8 @@ from tokenizers import Tokenizer
 
 from feather.errors import InputError, ManifestError
 from feather.prompt import check_prompt, render
+from feather.runtime.detokenize import Detokenizer
+from feather.text import shown
 
 if TYPE_CHECKING:
     from feather.manifest import ImageSpec, PromptSpec
@@ -82,7 +84,7 @@ def _open(image) -> Image.Image:
     elif isinstance(image, np.ndarray):
         img, name = _from_array(image), "image array"
     elif isinstance(image, (str, os.PathLike)):
-        img, name = _read_file(image), _shown(image)
+        img, name = _read_file(image), shown(image)
     else:
         raise InputError(
             f"image: expected a path, a PIL image or a uint8 numpy array, got {type(image).__name__}"
@@ -95,12 +97,6 @@ def _check_size(name: str, width: int, height: int) -> None:
         raise InputError(f"{name}: zero size ({width} x {height}); expected a non-empty image")
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(f"{name}: {width} x {height} pixels; at most {MAX_IMAGE_PIXELS:,} pixels (64 MP) accepted")
-
-
-def _shown(path) -> str:
-    """A path as printable text (bytes that are not UTF-8 as \\xNN)."""
-    text = os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no newline splits the line
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
@@ -116,7 +112,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 def _read_file(image) -> Image.Image:
     """Open a regular file without ever blocking (O_NONBLOCK: a FIFO or device is refused,
     not waited on), check its size from the header, then decode."""
-    name = _shown(image)
+    name = shown(image)
     if os.fspath(image) in ("", b""):
         raise InputError("image: empty path; expected an image file")
     try:
@@ -254,6 +250,8 @@ class PromptEncoder:
         """Load the tokenizer and check that it knows ``spec.image_token`` as ``image_token_id``."""
         self.spec = spec
         self.tokenizer = _load_tokenizer(Path(tokenizer_path))
+        added = self.tokenizer.get_added_tokens_decoder()
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)  # the ids ``decode`` skips
         self.max_chars = max_prompt_chars(self.tokenizer, max_seq or DEFAULT_MAX_SEQ)
         found = self.tokenizer.token_to_id(spec.image_token)
         if found != spec.image_token_id:
@@ -290,6 +288,11 @@ class PromptEncoder:
     def decode(self, ids) -> str:
         """Text of ``ids`` (any int sequence or array), special tokens skipped."""
         return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
+
+    def stream(self) -> Detokenizer:
+        """A ``Detokenizer`` for one answer: its text as the ids come, O(1) work per id; the
+        pieces join to ``decode`` of all the ids."""
+        return Detokenizer(self, self.special_ids)
 
 
 def max_prompt_chars(tokenizer: Tokenizer, max_seq: int) -> int:

@@ -13,16 +13,16 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from feather.errors import ManifestError
+from feather.folder import TMP_SUFFIX, write_atomic
 from feather.jsoncodec import MANIFEST_NAME
 from feather.manifest.schema import Manifest
 
 _CHUNK = 1 << 20  # sha256 reads 1 MiB at a time
-_TMP_PREFIX, _TMP_SUFFIX = f".{MANIFEST_NAME}.", ".tmp"
+_TMP_PREFIX, _TMP_SUFFIX = f".{MANIFEST_NAME}.", TMP_SUFFIX  # write_atomic's temporary feather.json
 MAX_MANIFEST_BYTES = 16 << 20  # a real feather.json is a few KB
 RUNTIME_FOLDERS = ("trt-cache", "engines")
 """Folders the runtime itself may write into an export (never hashed, never read as graphs)."""
@@ -80,29 +80,9 @@ def save_manifest(manifest: Manifest, folder: str | os.PathLike) -> Path:
     data = dataclasses.replace(manifest, files=files).to_json()
     Manifest.from_json(data)
     target = folder / MANIFEST_NAME
-    _write_atomic(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     manifest.files = files
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; match the graphs' permissions
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:

@@ -2,10 +2,10 @@
 
 import pytest
 
+from feather import folder as folder_rules
 from feather.config import PruneConfig
 from feather.errors import ValidationError
 from feather.export import api, export
-from feather.export import output as folder_rules
 
 
 def test_missing_parents_are_created(tiny_path, tmp_path):

@@ -34,7 +34,7 @@ def runtime_python(tmp_path_factory) -> Path:
 
 
 def test_base_install_has_neither_torch_nor_transformers(runtime_python):
-    code = ("import importlib.util as u, sys, feather.runtime, feather.runtime.cli;"
+    code = ("import importlib.util as u, sys, feather.runtime, feather.runtime.cli, feather.folder, feather.text;"
             "print(u.find_spec('torch') is None, u.find_spec('transformers') is None,"
             " 'torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([str(runtime_python), "-c", code], capture_output=True, text=True, check=True,
