@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="3 repeats and 8 new tokens instead of 5 and 32")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row after one warm-up (default: 5)")
     parser.add_argument("--new-tokens", type=int, default=None, help="decoded tokens after the first (default: 32)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for torch and ONNX Runtime (default: all)")
+    cli.add_threads_arg(parser, "threads for torch and ONNX Runtime")
     parser.add_argument("--openvino-python", default=None,
                         help="a Python with optimum-intel, for the optional OpenVINO row "
                              "(default: $FEATHER_OPENVINO_PYTHON; none: row left out)")

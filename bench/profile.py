@@ -102,18 +102,24 @@ def _print(report: dict, top: int) -> None:
                 print(f"  {op:<20} {ms:9.1f} ms  {100 * ms / max(s['kernels_ms'], 1e-9):5.1f} %")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from feather import cli
+
+    parser = cli.ArgumentParser(prog="python -m feather.bench.profile", description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    parser.add_argument("--new-tokens", type=int, default=8)
+    cli.add_threads_arg(parser)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--spinning", action="store_true", help="time generate under each spinning setting instead")
+    parser.add_argument("--json", default=None, help="also write the summary here")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     from feather.bench.checkpoint import PROMPT
     from feather.cli import SAMPLE_IMAGE
 
-    parser = argparse.ArgumentParser(prog="python -m feather.bench.profile", description=__doc__.splitlines()[0])
-    parser.add_argument("folder")
-    parser.add_argument("--new-tokens", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--spinning", action="store_true", help="time generate under each spinning setting instead")
-    parser.add_argument("--json", default=None, help="also write the summary here")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.spinning:
         report = compare_spinning(args.folder, PROMPT, str(SAMPLE_IMAGE), args.new_tokens, args.threads)
         print(json.dumps(report, indent=1))

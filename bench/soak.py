@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", nargs="?", default=None, help="export folder (default: the tiny checkpoint, exported)")
     p.add_argument("--count", type=cli.int_in(1, 10**6), default=1000, help="generates in the soak (default: 1000)")
     p.add_argument("--new-tokens", type=cli.int_in(1, 512), default=8, help="tokens per generate (default: 8)")
-    p.add_argument("--threads", type=cli.int_in(1, 256), default=8, help="threads in the check (default: 8)")
+    cli.add_threads_arg(p, "Python threads generating at once in the check", default=8)
     p.add_argument("--calls", type=cli.int_in(1, 10**5), default=50, help="generates per thread (default: 50)")
     p.add_argument("--max-drift", type=cli.finite_float, default=1.0, help="allowed RSS growth, %% (default: 1)")
     return p

@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="greedy tokens per calibration prompt for the chain comparison (default: %(default)s)")
     parser.add_argument("--quantize-vision", action="store_true", help="quantize the vision tower too (default: float)")
     parser.add_argument("--quantize-lm-head", action="store_true", help="quantize the LM head too (default: float)")
-    parser.add_argument("--threads", type=cli.int_in(1, cli.max_threads()), default=None,
-                        help="ONNX Runtime intra-op threads (default: all cores)")
+    cli.add_threads_arg(parser, "ONNX Runtime intra-op threads")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     parser.add_argument("--json", action="store_true", help="print the accuracy report as JSON on stdout")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

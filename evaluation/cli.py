@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, metavar="OUT",
                         help="write every answer and the summary here; samples already in it are skipped (resume)")
     parser.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy and kept-row distribution plot")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (export folders)")
+    cli.add_threads_arg(parser, "ONNX Runtime intra-op threads per graph (export folders)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = parser.add_argument_group("pruning (checkpoints only; defaults: the paper's FEATHER run)")
     g.add_argument("--criterion", default=None, help=f"one of {', '.join(sorted(CRITERIA))} (default: feather)")

@@ -15,7 +15,7 @@ from feather.export import engines
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="feather-build", description="Build TensorRT engines for an export folder.")
     parser.add_argument("folder", help="export folder (feather-export's output)")
-    parser.add_argument("--precision", default="as-exported", choices=engines.PRECISIONS,
+    parser.add_argument("--precision", default="as-exported", choices=engines.BUILD_MODES,
                         help="as-exported (strongly typed: the graphs' dtypes decide; default), fp16 or bf16 "
                              "(builder flag over an fp32 export; TensorRT 10 only)")
     parser.add_argument("--workspace-gb", type=cli.finite_float, default=None, metavar="N",

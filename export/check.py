@@ -62,11 +62,8 @@ def _tolerance(precision: str, given: float | str | None) -> float:
 
 def _load_checkpoint(manifest: Manifest, model: str | None):
     """The source checkpoint in the export's precision; its geometry must equal ``dims``."""
-    import torch
-
     name = model or manifest.source.model
-    dtype = torch.float32 if manifest.precision == "fp32" else torch.float16
-    llava, _processor = model_mod.load(name, dtype)
+    llava, _processor = model_mod.load(name, model_mod.torch_dtype(manifest.precision))
     geom = model_mod.geometry(llava.config)
     for key, want in vars(manifest.dims).items():
         got = getattr(geom, key)

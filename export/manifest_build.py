@@ -11,7 +11,9 @@ from feather.export.chain import SegmentPlan
 from feather.export.preprocessing import image_spec_from_processor, prompt_spec_from_processor
 from feather.export.segments import KV_NAMES
 from feather.manifest import (
+    PRECISION_DTYPE,
     SCHEMA_VERSION,
+    SEGMENT_INPUTS,
     AxisRange,
     GraphSpec,
     KVNames,
@@ -26,9 +28,7 @@ from feather.manifest import (
 
 TOKENIZER_FILE = "tokenizer.json"
 TOLERANCES = {"fp32": Tolerance(logits_abs=1e-3, hidden_abs=1e-3), "fp16": Tolerance(logits_abs=5e-2, hidden_abs=5e-2)}
-
-
-DTYPE = {"fp32": "float32", "fp16": "float16"}
+"""Per export precision (``feather.manifest.PRECISIONS``): what the manifest records the graphs were validated to."""
 OPT_SEQ = 640  # the TensorRT profile's opt length: a LLaVA prompt (576 image tokens + text)
 
 
@@ -37,7 +37,7 @@ def write(folder: Path, model: str, llava, processor, config: PruneConfig, geom,
     """Save the tokenizer and feather.json (with a sha256 of every file) into ``folder``."""
     processor.tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
     image_id = llava.config.image_token_id
-    dtype = DTYPE[precision]
+    dtype = PRECISION_DTYPE[precision]
     seq = AxisRange(1, min(OPT_SEQ, max_seq), max_seq)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -95,8 +95,7 @@ def _segment(plan: SegmentPlan, seq: AxisRange, dtype: str) -> GraphSpec:
         outputs["score"] = "score"
     return GraphSpec(
         file=plan.file,
-        inputs={"hidden": "hidden", "keep_index": "keep_index", "position_ids": "position_ids",
-                "past_len": "past_len"},
+        inputs={role: role for role in SEGMENT_INPUTS},  # segments.DecoderSegment names its inputs after their roles
         outputs=outputs,
         axes={"seq": seq, "cache": seq},  # cache: the KV buffer's capacity (>= 1: prefill binds a dummy row)
         layers=[plan.start, plan.end],

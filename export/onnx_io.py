@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from feather.errors import ValidationError
+from feather.text import first_line
 
 # Operators TensorRT's ONNX parser supports (onnx-tensorrt operators.md, TRT 10) that our
 # graphs may use. Anything else (Unique, NonZero, Loop, If, Scan, sequence ops, ...) is
@@ -25,8 +26,10 @@ ALLOWED_OPS = frozenset(
 )
 ORT_OPS = frozenset("MatMulInteger DynamicQuantizeLinear QLinearMatMul ConvInteger QLinearConv".split())
 """Standard-domain operators ONNX Runtime runs well and TensorRT does not parse."""
-TARGETS = {"portable": (ALLOWED_OPS, frozenset()), "onnxruntime": (ALLOWED_OPS | ORT_OPS, frozenset({"com.microsoft"}))}
-"""Per export target: (standard operators allowed, extra domains whose every operator is allowed).
+TARGET_OPS = {"portable": (ALLOWED_OPS, frozenset()),
+              "onnxruntime": (ALLOWED_OPS | ORT_OPS, frozenset({"com.microsoft"}))}
+"""Per export target (``feather.manifest.TARGETS``): (standard operators allowed, extra domains
+whose every operator is allowed).
 ``portable`` graphs build as TensorRT engines and run in any ONNX runtime (QDQ included);
 ``onnxruntime`` graphs may also use ONNX Runtime's own fused operators (``com.microsoft``:
 MatMulNBits, FusedMatMul, ...) where they pay, e.g. quantized graphs."""
@@ -50,9 +53,9 @@ def check_graph(path: Path, target: str = "portable") -> set[str]:
     types used; raises ``ValidationError`` naming the graph and the refused operators."""
     import onnx
 
-    if target not in TARGETS:
-        raise ValidationError(f"target: got {target!r}, expected one of {', '.join(TARGETS)}")
-    allowed, domains = TARGETS[target]
+    if target not in TARGET_OPS:
+        raise ValidationError(f"target: got {target!r}, expected one of {', '.join(TARGET_OPS)}")
+    allowed, domains = TARGET_OPS[target]
     model = onnx.load(str(path), load_external_data=False)
     nodes = list(_all_nodes(model.graph))
     ops = {node.op_type for node in nodes}
@@ -62,12 +65,12 @@ def check_graph(path: Path, target: str = "portable") -> set[str]:
         why = "not TensorRT-buildable as static shapes" if target == "portable" else "not for ONNX Runtime"
         raise ValidationError(
             f"{path.name}: operators {', '.join(refused)} are not allowed for target {target} ({why}); "
-            f"expected only operators from feather.export.onnx_io.TARGETS[{target!r}]"
+            f"expected only operators from feather.export.onnx_io.TARGET_OPS[{target!r}]"
         )
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
-        raise ValidationError(f"{path.name}: onnx.checker failed: {str(err).splitlines()[0]}") from None
+        raise ValidationError(f"{path.name}: onnx.checker failed: {first_line(err)}") from None
     return ops
 
 

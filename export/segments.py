@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from feather.hf.layers import apply_rope, score_logits, split_heads
+from feather.manifest import SEGMENT_INPUTS
 
 EXP_FLOOR = -60.0  # softmax exponents below it are raised to it: e^-60 = 8.8e-27, no denormal weights
 
@@ -119,7 +120,7 @@ class DecoderSegment(nn.Module):
         self.rotary = lm.rotary_emb
         self.norm = lm.norm if final else None
         self.lm_head = llava.lm_head if final else None
-        self.input_names = ["hidden", "keep_index", "position_ids", "past_len"] + self._kv("cache")
+        self.input_names = list(SEGMENT_INPUTS) + self._kv("cache")  # forward()'s order
         self.output_names = (["logits"] if final else ["hidden_out"]) + self._kv("new")
         if score_rope is not None:
             self.output_names.append("score")

@@ -1,4 +1,4 @@
-"""Pieces every CLI shares (torch-free): pruning options, sampling options, error handling.
+"""Pieces every CLI shares (torch-free): pruning, sampling, provider and thread options, error handling.
 
 User errors (``FeatherError``, and ``OSError``s from the file system such as a full disk)
 print one line on stderr and exit 1; an interrupt (Ctrl-C, SIGTERM, SIGHUP) prints one
@@ -19,6 +19,7 @@ from pathlib import Path
 from feather.config import CRITERIA, MODES, PruneConfig
 from feather.errors import ConfigError, FeatherError
 from feather.sampling import Sampling
+from feather.text import shown  # the CLIs print paths with cli.shown
 
 SAMPLE_IMAGE = Path(__file__).parent / "assets" / "sample.png"
 DEFAULT_PROMPT = "What is in this image?"
@@ -54,12 +55,6 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def shown(path: object) -> str:
-    """A path as text safe to print: bytes that are not UTF-8 (argv surrogates) as \\xNN."""
-    text = os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # no newline splits the line
-
-
 # ---------------------------------------------------------------- argument types
 def int_in(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high]."""
@@ -91,11 +86,6 @@ def finite_float(text: str) -> float:
 finite_float.__name__ = "number"
 
 
-def max_threads() -> int:
-    """The most intra-op threads a CLI accepts: 4 per CPU core (more only oversubscribes)."""
-    return 4 * (os.cpu_count() or 1)
-
-
 # ---------------------------------------------------------------- shared options
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
     """--criterion --K --ratio --stride --mode, defaulting to the paper's FEATHER run."""
@@ -119,6 +109,27 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
         raise ConfigError(f"K: criterion {args.criterion!r} takes no K list; drop --K")
     k = None if args.K is None else tuple(args.K)
     return PruneConfig(criterion=args.criterion, K=k, ratio=args.ratio, stride=args.stride, mode=args.mode)
+
+
+def add_provider_arg(parser: argparse.ArgumentParser) -> None:
+    """--provider, one of ``feather.runtime.backends.PROVIDERS`` (choices and help from that one
+    table, so every CLI that runs a chain lists the same providers)."""
+    from feather.runtime.backends import ORT_PROVIDERS, PROVIDERS
+
+    native = [p for p in PROVIDERS if p not in ORT_PROVIDERS]
+    parser.add_argument("--provider", default="cpu", choices=PROVIDERS,
+                        help=f"{', '.join(ORT_PROVIDERS)} (ONNX Runtime's execution providers) or {', '.join(native)} "
+                             "(engines from feather-build) (default: %(default)s)")
+
+
+def add_threads_arg(parser: argparse.ArgumentParser, what: str = "intra-op threads per graph",
+                    default: int | None = None) -> None:
+    """--threads N, an integer in 1..``feather.runtime.backends.MAX_THREADS`` (the bound the
+    ONNX Runtime backend checks too), refused in one line otherwise; ``what`` is its help."""
+    from feather.runtime.backends import MAX_THREADS
+
+    parser.add_argument("--threads", type=int_in(1, MAX_THREADS), default=default, metavar="N",
+                        help=f"{what}, 1..{MAX_THREADS} (default: {'all cores' if default is None else default})")
 
 
 def add_generation_args(parser: argparse.ArgumentParser, image_required: bool = False) -> None:

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", default="What is in this image?")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--precision", default="as-exported", choices=engines.PRECISIONS)
+    parser.add_argument("--precision", default="as-exported", choices=engines.BUILD_MODES)
     parser.add_argument("--workspace-gb", type=float, default=None)
     parser.add_argument("--in-place", action="store_true", help="build into FOLDER itself")
     args = parser.parse_args(argv)

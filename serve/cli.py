@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=128, dest="default_max_tokens",
                         help="max_tokens when a request gives none (default: %(default)s)")
     parser.add_argument("--served-model-name", default=None, help="model id clients use (default: the folder's name)")
-    parser.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per graph")
+    cli.add_provider_arg(parser)
+    cli.add_threads_arg(parser)
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default: %(default)s)")
     g = parser.add_argument_group("Triton model repository (writes files and exits; serves nothing)")
     g.add_argument("--triton-repo", metavar="DIR", default=None, help="write a Triton model repository into DIR")

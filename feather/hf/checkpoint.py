@@ -6,7 +6,8 @@ import math
 import os
 
 from feather.errors import ModelError
-from feather.manifest import Dims
+from feather.manifest import PRECISION_DTYPE, Dims
+from feather.text import first_line
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 TEXT_BACKBONES = ("llama", "mistral", "qwen2")
@@ -40,9 +41,8 @@ def load_config(model: str):
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
-            f"{model}: cannot load the checkpoint ({first}); offline, use --model tiny or a local folder"
+            f"{model}: cannot load the checkpoint ({first_line(err)}); offline, use --model tiny or a local folder"
         ) from None
     _check_supported(model, config)
     return config
@@ -84,6 +84,13 @@ def _check_grid(model: str, config) -> None:
             f"{model}: vision_feature_select_strategy {strategy!r} on a {tower} gives {n} image tokens "
             f"({what}), not a square {g} x {g} grid; FEATHER's criteria need one"
         )
+
+
+def torch_dtype(precision: str):
+    """The torch dtype an export ``precision`` loads the checkpoint in (``PRECISION_DTYPE``)."""
+    import torch
+
+    return getattr(torch, PRECISION_DTYPE[precision])
 
 
 def load(model: str, dtype=None):

@@ -9,9 +9,14 @@ the runtime imports it without torch.
 from feather.jsoncodec import MANIFEST_NAME, from_json, to_json
 from feather.manifest.files import hash_folder, load_manifest, save_manifest, sha256_file, verify_files
 from feather.manifest.schema import (
+    BOUNDS,
     DTYPES,
+    MAX_IMAGE_SIDE,
+    PRECISION_DTYPE,
     PRECISIONS,
+    ROLES,
     SCHEMA_VERSION,
+    SEGMENT_INPUTS,
     TARGETS,
     AxisRange,
     Dims,
@@ -28,7 +33,8 @@ from feather.manifest.schema import (
 )
 
 __all__ = [
-    "DTYPES", "MANIFEST_NAME", "PRECISIONS", "SCHEMA_VERSION", "TARGETS", "AxisRange", "Dims", "GraphSpec",
+    "BOUNDS", "DTYPES", "MANIFEST_NAME", "MAX_IMAGE_SIDE", "PRECISION_DTYPE", "PRECISIONS", "ROLES", "SCHEMA_VERSION",
+    "SEGMENT_INPUTS", "TARGETS", "AxisRange", "Dims", "GraphSpec",
     "ImageSpec", "KVNames", "Manifest", "PromptSpec", "PruningSpec", "Source", "StageSpec", "TokenSpec",
     "Tolerance", "from_json", "hash_folder", "load_manifest", "save_manifest", "sha256_file", "to_json",
     "verify_files",

@@ -16,22 +16,19 @@ from pathlib import PurePosixPath, PureWindowsPath
 
 from feather import rules
 from feather.jsoncodec import fail, join_path
-from feather.manifest.schema import DTYPES, PRECISIONS, SCHEMA_VERSION, TARGETS, GraphSpec, KVNames, Manifest
+from feather.manifest.schema import (
+    BOUNDS,
+    DTYPES,
+    MAX_IMAGE_SIDE,
+    PRECISIONS,
+    ROLES,
+    SCHEMA_VERSION,
+    TARGETS,
+    GraphSpec,
+    KVNames,
+    Manifest,
+)
 
-BOUNDS = {
-    "dims.num_layers": (1, 1024), "dims.hidden": (1, 65536), "dims.heads": (1, 1024), "dims.kv_heads": (1, 1024),
-    "dims.head_dim": (1, 1024), "dims.vocab": (1, 1 << 22), "dims.intermediate": (1, 1 << 20),
-    "dims.n_image": (1, 16384), "dims.grid": (1, 128), "dims.vision_hidden": (1, 65536),
-    "max_seq": (16, 1 << 18), "opset": (17, 23), "pruning.stride": (1, 128),
-}
-"""Inclusive bounds per numeric field (7B LLaVA: 32 layers, d 4096, vocab 32064, 576 tokens)."""
-MAX_IMAGE_SIDE = 4096
-ROLES = {
-    "vision": ({"pixel_values"}, {"image_features"}),
-    "embed": ({"input_ids"}, {"embeds"}),
-    "segment": ({"hidden", "keep_index", "position_ids", "past_len"}, {"hidden", "logits", "score"}),
-}
-"""Input and output roles each kind of graph may name (segments: ``hidden`` or ``logits`` out)."""
 BAD_NAME = "is not a plain relative name inside the export folder (no '..', no absolute path)"
 
 

@@ -23,11 +23,38 @@ from feather.errors import ManifestError
 from feather.jsoncodec import from_json, to_json
 
 SCHEMA_VERSION = 2
+
+# ---------------------------------------------------------------- option domains: the one table of each
+# Every other module (the exporter, the runtime, the CLIs' ``choices=`` and ranges) imports these;
+# tests/feather/test_single_home.py fails if one is typed out again elsewhere.
 PRECISIONS = ("fp32", "fp16")
+"""Export precisions (``feather-export --precision``, ``Manifest.precision``)."""
+DTYPES = ("float32", "float16")
+"""Float types of a graph's float tensors (``GraphSpec.dtype``); numpy's and torch's names for them."""
+PRECISION_DTYPE = {"fp32": "float32", "fp16": "float16"}
+"""Export precision -> the dtype of every graph it writes."""
 TARGETS = ("portable", "onnxruntime")
 """What a graph set is made for: ``portable`` (standard ONNX ops and QDQ: TensorRT, any ONNX
 runtime) or ``onnxruntime`` (may also use ONNX Runtime's ``com.microsoft`` fused operators)."""
-DTYPES = ("float32", "float16")
+BOUNDS = {
+    "dims.num_layers": (1, 1024), "dims.hidden": (1, 65536), "dims.heads": (1, 1024), "dims.kv_heads": (1, 1024),
+    "dims.head_dim": (1, 1024), "dims.vocab": (1, 1 << 22), "dims.intermediate": (1, 1 << 20),
+    "dims.n_image": (1, 16384), "dims.grid": (1, 128), "dims.vision_hidden": (1, 65536),
+    "max_seq": (16, 1 << 18), "opset": (17, 23), "pruning.stride": (1, 128),
+}
+"""Inclusive bounds per numeric field (7B LLaVA: 32 layers, d 4096, vocab 32064, 576 tokens); the
+exporter's options take the same ones (``feather-export --max-seq``), so a value the manifest
+would refuse is refused before any graph is exported."""
+MAX_IMAGE_SIDE = 4096
+"""Largest image side in pixels (crop, shortest edge, LLaVA-NeXT frames and tiles)."""
+SEGMENT_INPUTS = ("hidden", "keep_index", "position_ids", "past_len")
+"""A decoder segment's input roles, in graph input order (the exporter names the tensors after them)."""
+ROLES = {
+    "vision": (frozenset({"pixel_values"}), frozenset({"image_features"})),
+    "embed": (frozenset({"input_ids"}), frozenset({"embeds"})),
+    "segment": (frozenset(SEGMENT_INPUTS), frozenset({"hidden", "logits", "score"})),
+}
+"""Input and output roles each kind of graph may name (segments: ``hidden`` or ``logits`` out)."""
 
 
 @dataclass
@@ -160,7 +187,7 @@ class GraphSpec:
     """One ONNX graph: file, tensor names, dynamic axes; segments add layers [start, end) and KV."""
 
     file: str
-    inputs: dict[str, str]  # role -> tensor name (roles: see feather.manifest.checks.ROLES)
+    inputs: dict[str, str]  # role -> tensor name (roles: see ROLES above)
     outputs: dict[str, str]
     axes: dict[str, AxisRange] = field(default_factory=dict)
     layers: list[int] | None = None

@@ -1,13 +1,18 @@
-"""Backends behind the runtime's seam (``base``): ONNX Runtime today (CPU, CUDA and TensorRT
-execution providers); a new backend is a new module here plus a line in ``BACKENDS``."""
+"""Backends behind the runtime's seam (``base``): ONNX Runtime (CPU, CUDA and TensorRT execution
+providers) and native TensorRT engines; a new backend is a new module here plus a branch in ``get``."""
 
 from __future__ import annotations
 
 from feather.errors import BackendError
 from feather.runtime.backends.base import Backend, KVBuffer, Session, Value
 
-PROVIDERS = ("cpu", "cuda", "tensorrt", "tensorrt-native")
-"""``provider`` names ``Pipeline.load`` takes; each maps to a backend below."""
+ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
+"""ONNX Runtime's execution providers (``backends/onnxruntime.py``)."""
+PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native")
+"""``provider`` names ``Pipeline.load`` (and every CLI's ``--provider``) takes; each maps to a
+backend below: ``tensorrt-native`` runs feather-build's engines (``backends/tensorrt.py``)."""
+MAX_THREADS = 256
+"""The most intra-op threads per graph a backend (and every CLI's ``--threads``) takes."""
 
 
 def get(provider: str = "cpu", threads: int | None = None) -> Backend:
@@ -16,11 +21,11 @@ def get(provider: str = "cpu", threads: int | None = None) -> Backend:
         from feather.runtime.backends.tensorrt import TrtBackend
 
         return TrtBackend()
-    if provider in PROVIDERS:
+    if provider in ORT_PROVIDERS:
         from feather.runtime.backends.onnxruntime import OrtBackend
 
         return OrtBackend(provider, threads)
     raise BackendError(f"provider: got {provider!r}, expected one of {', '.join(PROVIDERS)}")
 
 
-__all__ = ["PROVIDERS", "Backend", "KVBuffer", "Session", "Value", "get"]
+__all__ = ["MAX_THREADS", "ORT_PROVIDERS", "PROVIDERS", "Backend", "KVBuffer", "Session", "Value", "get"]

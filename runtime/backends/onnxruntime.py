@@ -25,13 +25,15 @@ import numpy as np
 
 from feather.errors import BackendError
 from feather.manifest import GraphSpec, Manifest
+from feather.runtime.backends import MAX_THREADS
+from feather.text import first_line
 
 EPS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-MAX_THREADS = 256
+"""``backends.ORT_PROVIDERS`` -> the execution providers to ask for, in order."""
 
 
 class OrtKVBuffer:
@@ -97,7 +99,7 @@ class OrtSession:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as err:  # ORT raises its own Fail/InvalidGraph types; report them as ours
-            raise BackendError(f"{path.name}: ONNX Runtime cannot load it ({_first_line(err)})") from None
+            raise BackendError(f"{path.name}: ONNX Runtime cannot load it ({first_line(err)})") from None
         self.name = path.name
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -119,7 +121,7 @@ class OrtSession:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as err:
-            raise BackendError(f"{self.name}: inference failed ({_first_line(err)})") from None
+            raise BackendError(f"{self.name}: inference failed ({first_line(err)})") from None
         return dict(zip(outputs, binding.get_outputs()))
 
     def end_profiling(self) -> str:
@@ -263,8 +265,3 @@ def _profile(manifest: Manifest, graph: GraphSpec, which: str) -> str:
         cache_k, cache_v, _, _ = graph.kv.names(layer)
         dims += [f"{cache_k}:1x{kv}x{cap}x{hd}", f"{cache_v}:1x{kv}x{cap}x{hd}"]
     return ",".join(dims)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

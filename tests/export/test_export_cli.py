@@ -33,7 +33,7 @@ BAD = {
     "output is the checkpoint": (["-o", "{case}/ckpt", "--model", "{case}/ckpt", "--overwrite"],
                                  "overlaps the checkpoint folder"),
     "unknown flag": (["--bogus"], "unrecognized arguments: --bogus"),
-    "max-seq": (["--max-seq", "-3"], "argument --max-seq: got -3, expected an integer in 16..1048576"),
+    "max-seq": (["--max-seq", "-3"], "argument --max-seq: got -3, expected an integer in 16..262144"),
 }
 TORCH_FREE = ["K with text_only", "K with none", "overwrite a user folder", "output is the current folder",
               "output is empty", "output under /proc", "unknown flag", "max-seq"]
