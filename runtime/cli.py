@@ -20,11 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folder", help="export folder written by feather-export")
     cli.add_generation_args(parser)
-    parser.add_argument("--provider", default="cpu",
-                        help="cpu, cuda, tensorrt (ONNX Runtime's execution providers) or tensorrt-native "
-                             "(engines from feather-build) (default: %(default)s)")
-    parser.add_argument("--threads", type=cli.int_in(1, cli.max_threads()), default=None,
-                        help=f"intra-op threads per graph, 1..{cli.max_threads()} (4 per core)")
+    cli.add_provider_arg(parser)
+    cli.add_threads_arg(parser)
     parser.add_argument("--stream", action="store_true",
                         help="print the answer as it is generated (with --json: one JSON line per piece)")
     parser.add_argument("--json", action="store_true", help="print tokens, text, kept indices and timings as JSON")
@@ -73,9 +70,7 @@ def _body(args: argparse.Namespace) -> int:
     if args.check:
         return _check(pipe, args)
     if args.stream:
-        printer = _Printer(pipe, args.json)
-        result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling, on_token=printer)
-        printer.finish(result.text)
+        result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling, on_token=_Printer(args.json))
         _viz(pipe, args, result)
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
@@ -94,27 +89,16 @@ def _body(args: argparse.Namespace) -> int:
 
 
 class _Printer:
-    """``on_token`` for --stream: prints each new piece of the answer as it is decoded, in
-    the main thread (so Ctrl-C and a closed stdout land here, not in a worker thread).
-    Pieces are the growing text's new characters; a token that ends inside a multi-byte
-    character waits for the rest. With ``as_json``: ``{"piece": ..., "token": ...}`` lines,
-    ``token`` being the id that completed the piece."""
+    """``on_token`` for --stream: prints each token's piece of the answer (``generate`` hands
+    it over, from the pipeline's incremental detokenizer) in the main thread, so Ctrl-C and a
+    closed stdout land here, not in a worker thread. A token that ends inside a multi-byte
+    character has no piece; the one that completes it carries it. With ``as_json``:
+    ``{"piece": ..., "token": ...}`` lines, ``token`` being the id that completed the piece."""
 
-    def __init__(self, pipe, as_json: bool):
-        self.pipe, self.as_json, self.tokens, self.sent = pipe, as_json, [], ""
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
 
-    def __call__(self, token: int, _piece: str) -> None:
-        self.tokens.append(token)
-        text = self.pipe.encoder.decode(self.tokens)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            self._emit(text, token)
-
-    def finish(self, text: str) -> None:
-        """Print what is left of the final ``text`` (a character cut short at the end)."""
-        self._emit(text, self.tokens[-1] if self.tokens else None)
-
-    def _emit(self, text: str, token: int | None) -> None:
-        piece, self.sent = text[len(self.sent):], text
+    def __call__(self, token: int, piece: str) -> None:
         if not piece:
             return
         if self.as_json:

@@ -27,12 +27,13 @@ import numpy as np
 from feather import layout as layout_mod
 from feather import rules
 from feather.errors import InputError, ManifestError
-from feather.manifest import GraphSpec, Manifest, load_manifest
+from feather.manifest import DTYPES as DTYPE_NAMES
+from feather.manifest import SEGMENT_INPUTS, GraphSpec, Manifest, load_manifest
 from feather.runtime import backends
 from feather.runtime.preprocess import PromptEncoder, model_pixel_values
 from feather.sampling import Sampling, next_token
 
-DTYPES = {"float32": np.float32, "float16": np.float16}
+DTYPES = {name: np.dtype(name).type for name in DTYPE_NAMES}  # "float32" -> np.float32
 
 
 @dataclass
@@ -112,13 +113,20 @@ class Pipeline:
                  on_token: Callable[[int, str], None] | None = None,
                  cancel: threading.Event | None = None) -> Result:
         """Answer ``prompt`` about ``image`` (path, PIL image or H x W x 3 uint8 array).
-        ``on_token(id, piece)`` sees each token; a set ``cancel`` stops before the next step."""
+
+        ``on_token(id, piece)`` sees each token and the text it adds (from ``encoder.stream()``,
+        O(1) work per token): "" while a multi-byte character is incomplete, and the last
+        token's piece holds whatever was left, so the pieces join to the result's ``text``. A
+        set ``cancel`` stops before the next step (the pieces then may lack a last, cut-short
+        character)."""
         run, tokens, steps = _Run(), [], []
-        for token, logits in self._tokens(image, prompt, max_new_tokens, sampling, run, cancel):
+        text = self.encoder.stream() if on_token is not None else None
+        for token, logits, last in self._tokens(image, prompt, max_new_tokens, sampling, run, cancel):
             tokens.append(token)
             steps.append(logits)
-            if on_token is not None:
-                on_token(token, self.encoder.decode([token]))
+            if text is not None:
+                piece = text.put(token)
+                on_token(token, piece + text.flush() if last else piece)
         return self._result(run, tokens, steps)
 
     def stream(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling(),
@@ -126,15 +134,17 @@ class Pipeline:
         """Yield the answer's text as it grows (the pieces join to ``generate``'s text). Runs
         in the caller's thread: leaving the loop early (break, an exception, Ctrl-C) stops
         the generation at once, and nothing is left running."""
-        decoder = _Incremental(self.encoder)
-        for token, _ in self._tokens(image, prompt, max_new_tokens, sampling, _Run(), cancel):
-            if piece := decoder.add(token):
+        text = self.encoder.stream()
+        for token, _, _ in self._tokens(image, prompt, max_new_tokens, sampling, _Run(), cancel):
+            if piece := text.put(token):
                 yield piece
-        if rest := decoder.flush():
+        if rest := text.flush():
             yield rest
 
-    def _tokens(self, image, prompt, max_new_tokens, sampling, run: _Run, cancel) -> Iterator[tuple[int, np.ndarray]]:
-        """(token, the logits it was picked from) for each new token, prefill then decode."""
+    def _tokens(self, image, prompt, max_new_tokens, sampling, run: _Run,
+                cancel) -> Iterator[tuple[int, np.ndarray, bool]]:
+        """(token, the logits it was picked from, whether it is the last) for each new token,
+        prefill then decode. A set ``cancel`` also ends the loop, after the token it sees."""
         t0 = time.perf_counter()
         ids, offset = self._inputs(prompt, max_new_tokens)
         rng = sampling.rng()
@@ -145,8 +155,9 @@ class Pipeline:
                 run.timings["ttft_s"] = time.perf_counter() - t0
                 t_decode = time.perf_counter()
             run.timings["tokens"] = n
-            yield token, logits
-            if token in self.eos or n == max_new_tokens or (cancel is not None and cancel.is_set()):
+            last = token in self.eos or n == max_new_tokens
+            yield token, logits, last
+            if last or (cancel is not None and cancel.is_set()):
                 break
             logits = self.decode_step(token, run)
         run.timings["decode_s"] = time.perf_counter() - t_decode
@@ -249,31 +260,6 @@ class Pipeline:
         return Result(tokens, self.encoder.decode(tokens), run.stages, t, steps, kv, run.next_pos - len(tokens) + 1)
 
 
-class _Incremental:
-    """Incremental detokenization, O(1) work per token: decode only a window from the last
-    emitted boundary (the approach of HF's TextStreamer and vLLM's detokenizer), holding back
-    pieces that end inside a multi-byte character."""
-
-    def __init__(self, encoder: PromptEncoder):
-        self.encoder, self.tokens, self.start, self.sent = encoder, [], 0, ""
-
-    def add(self, token: int) -> str:
-        self.tokens.append(token)
-        text = self.encoder.decode(self.tokens[self.start :])
-        if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            return ""
-        piece = text[len(self.sent) :]
-        if len(self.tokens) - self.start > 8 and piece:  # move the window; keep one token of context
-            self.start, self.sent = len(self.tokens) - 1, self.encoder.decode(self.tokens[-1:])
-        else:
-            self.sent = text
-        return piece
-
-    def flush(self) -> str:
-        text = self.encoder.decode(self.tokens[self.start :])
-        return text[len(self.sent) :] if text.startswith(self.sent) else ""
-
-
 def _open(backend: backends.Backend, folder: Path, manifest: Manifest, spec: GraphSpec,
           file: str | None = None) -> backends.Session:
     """A session whose graph has every tensor the manifest names; one line otherwise."""
@@ -295,7 +281,7 @@ def _segment(backend, folder: Path, manifest: Manifest, spec: GraphSpec, stage) 
     decode = _open(backend, folder, manifest, spec, spec.decode_file) if spec.decode_file else session
     return _Segment(
         spec=spec, session=session, decode=decode, dtype=DTYPES[spec.dtype],
-        feeds={role: spec.inputs[role] for role in ("hidden", "keep_index", "position_ids", "past_len")},
+        feeds={role: spec.inputs[role] for role in SEGMENT_INPUTS},
         out=spec.outputs.get("hidden") or spec.outputs["logits"], score=spec.outputs.get("score"),
         cache=[n for ck, cv, _, _ in names for n in (ck, cv)], new=[n for _, _, nk, nv in names for n in (nk, nv)],
         stage=stage,

@@ -72,8 +72,9 @@ class Engine:
 
     async def run(self, request, cancel: threading.Event, on_piece: Callable[[str], None] | None = None) -> Outcome:
         """Generate for a ``ChatRequest`` in a worker thread. ``on_piece`` (called from that
-        thread) gets the text as it grows. Raises ``Busy`` when the queue is full, and
-        whatever ``generate`` raised."""
+        thread) gets the text as it grows: the non-empty pieces ``generate`` hands its
+        ``on_token`` (O(1) detokenizing per token), which join to the result's text. Raises
+        ``Busy`` when the queue is full, and whatever ``generate`` raised."""
         await self._admit()
         self.active += 1
         self._running.add(cancel)
@@ -100,16 +101,11 @@ class Engine:
 
     def _generate(self, request, cancel: threading.Event, on_piece) -> Outcome:
         tokens: list[int] = []
-        sent = ""
 
-        def on_token(token: int, _piece: str) -> None:
-            nonlocal sent
+        def on_token(token: int, piece: str) -> None:
             tokens.append(token)
-            if on_piece is not None:
-                text = self.pipe.encoder.decode(tokens)
-                if not text.endswith("\ufffd") and len(text) > len(sent):  # wait for a whole character
-                    on_piece(text[len(sent):])
-                    sent = text
+            if on_piece is not None and piece:  # the runtime's detokenizer: "" until a character is whole
+                on_piece(piece)
             if cancel.is_set():
                 raise _Stop
 
@@ -126,8 +122,6 @@ class Engine:
             raise
         if cancel.is_set() and finish_reason(self.pipe, result, request.max_tokens) is None:
             return self._cancelled(len(result.tokens), request.max_tokens)  # the runtime stopped early
-        if on_piece is not None and result.text != sent and result.text.startswith(sent):
-            on_piece(result.text[len(sent):])
         self._count(completed=1)
         return Outcome(result, len(result.tokens), False)
 
