@@ -75,7 +75,8 @@ flips an activation's quantization level now and then, and random layers amplify
 ||q - r|| / ||r|| reached 0.05 on the bench geometry's segment 0 on a VNNI host) but must not
 add error. Measured per-run ratios of healthy kernels: 1.00-1.05 (tiny, every method, on
 AVX-512 VNNI, AVX2 under qemu Haswell and aarch64 under qemu cortex-a76; int4's 1.046 is its
-reference's missing activation rounding), up to 1.08 (bench geometry, VNNI). Full-range int8 weights on AVX2: 3.3-13.7x (tiny), 3.3x on one bench decode run.
+reference's missing activation rounding), up to 1.08 (bench geometry, VNNI). Full-range
+int8 weights on AVX2: 3.3-13.7x (tiny), 3.3x on one bench decode run.
 docs/quantization.md ("Every CPU")."""
 
 
