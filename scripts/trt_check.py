@@ -21,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from feather.build import engines
 from feather.cli import SAMPLE_IMAGE
-from feather.export import engines
 from feather.runtime import Pipeline
 from feather.runtime.check import check
 

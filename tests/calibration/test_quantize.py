@@ -273,7 +273,7 @@ def test_qdq_folders_plan_build_and_run_on_the_tensorrt_seam(method, quantized, 
     """A TensorRT-target folder goes through feather-build's plan and build and the native
     backend's host side (fake TensorRT + CUDA executing each QDQ graph with ONNX Runtime):
     the same tokens as ONNX Runtime on that folder. Real TensorRT has not run it (none here)."""
-    from feather.export import engines
+    from feather.build import engines
     from feather.runtime.backends.tensorrt import TrtBackend
     from tests.trt.fake import FakeCuda, make_trt
 
@@ -293,8 +293,8 @@ def test_qdq_folders_plan_build_and_run_on_the_tensorrt_seam(method, quantized, 
 
 
 def test_onnxruntime_target_folders_are_refused_by_feather_build(quantized):
+    from feather.build import engines
     from feather.errors import ConfigError
-    from feather.export import engines
 
     with pytest.raises(ConfigError, match=r"^target: the export was made for 'onnxruntime'"):
         engines.plan(quantized("int8").folder)

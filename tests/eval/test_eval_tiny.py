@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from feather.eval.cli import main
-from feather.runtime.viz import render_overlay
+from feather.overlay import render_overlay
 
 FEATHER = "feather K=8+16 R=0.7 s=3"
 

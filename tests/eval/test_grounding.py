@@ -8,7 +8,7 @@ from feather.eval import gt_in_view, iou, load_samples, parse_box
 from feather.grounding import heldout, shapes
 from feather.grounding.train import build_tokenizer
 from feather.manifest import ImageSpec
-from feather.runtime.viz import View
+from feather.overlay import View
 
 SPEC = ImageSpec(size=[96, 96], resize_shortest_edge=96, resample="bicubic", center_crop=True,
                  rescale_factor=1 / 255, normalize=True, mean=[0.5] * 3, std=[0.5] * 3)

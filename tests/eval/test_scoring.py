@@ -12,7 +12,7 @@ from feather.errors import ConfigError, InputError
 from feather.eval import Answer, evaluate, gt_in_view, iou, load_samples, parse_box, parse_sweep, table
 from feather.eval.cli import main
 from feather.manifest import Dims
-from feather.runtime.viz import View
+from feather.overlay import View
 from tests.eval.test_viz import clip_spec
 
 # 400 x 300 picture -> view x 1.12, 56 px cropped from each side. This box lands on view

@@ -8,7 +8,7 @@ from PIL import Image
 
 from feather.errors import InputError, OutputError
 from feather.manifest import ImageSpec
-from feather.runtime.viz import (
+from feather.overlay import (
     View,
     model_view,
     render_overlay,

@@ -17,30 +17,30 @@ from pathlib import Path
 
 import pytest
 
-from feather.export.engines import BUILD_MODES
+from feather.build.engines import BUILD_MODES
 from feather.manifest import BOUNDS, DTYPES, PRECISION_DTYPE, PRECISIONS, ROLES, SEGMENT_INPUTS, TARGETS
 from feather.runtime.backends import MAX_THREADS, ORT_PROVIDERS, PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_DIRS = ("feather", "export", "runtime", "serve", "evaluation", "bench", "calibration")
-"""The folders pyproject.toml maps to feather.* (scripts/ are stdlib-only at import: not scanned)."""
-SCHEMA = "feather/manifest/schema.py"
+PACKAGE_DIRS = ("src/feather",)
+"""The package's folder (scripts/ are stdlib-only at import: not scanned)."""
+SCHEMA = "src/feather/manifest/schema.py"
 DOMAINS = {
     "precisions": (PRECISIONS, SCHEMA),
     "dtypes": (DTYPES, SCHEMA),
     "targets": (TARGETS, SCHEMA),
     "segment input roles": (SEGMENT_INPUTS, SCHEMA),
     "segment output roles": (tuple(ROLES["segment"][1]), SCHEMA),
-    "providers": (PROVIDERS, "runtime/backends/__init__.py"),
-    "ONNX Runtime providers": (ORT_PROVIDERS, "runtime/backends/__init__.py"),
-    "build modes": (BUILD_MODES, "export/engines.py"),
+    "providers": (PROVIDERS, "src/feather/runtime/backends/__init__.py"),
+    "ONNX Runtime providers": (ORT_PROVIDERS, "src/feather/runtime/backends/__init__.py"),
+    "build modes": (BUILD_MODES, "src/feather/build/engines.py"),
 }
 """Domain -> (its one table, the module that holds it)."""
 MAPS = {
-    ("export/validate.py", "TOLERANCE"): "precisions",
-    ("export/manifest_build.py", "TOLERANCES"): "precisions",
-    ("export/onnx_io.py", "TARGET_OPS"): "targets",
-    ("runtime/backends/onnxruntime.py", "EPS"): "ONNX Runtime providers",
+    ("src/feather/export/validate.py", "TOLERANCE"): "precisions",
+    ("src/feather/export/manifest_build.py", "TOLERANCES"): "precisions",
+    ("src/feather/export/onnx_io.py", "TARGET_OPS"): "targets",
+    ("src/feather/runtime/backends/onnxruntime.py", "EPS"): "ONNX Runtime providers",
 }
 """Dicts keyed by a domain that hold their own module's knowledge -> the domain they must cover."""
 
@@ -121,8 +121,8 @@ def test_maps_keyed_by_a_domain_cover_exactly_that_domain():
 def test_the_scan_catches_a_retyped_table(tmp_path):
     """The scan itself: a retyped table, a literal choices= and an unlisted map are caught; one
     word, a subset, or a table in its own home is not."""
-    (tmp_path / "feather" / "manifest").mkdir(parents=True)
-    (tmp_path / "feather" / "bad.py").write_text(
+    (tmp_path / "src" / "feather" / "manifest").mkdir(parents=True)
+    (tmp_path / "src" / "feather" / "bad.py").write_text(
         'TARGETS = ("onnxruntime", "portable")\nparser.add_argument("--precision", choices=["fp16"])\n'
         'TOL = {"fp32": 1, "fp16": 2}\nfeeds = [r for r in ["hidden", "keep_index", "position_ids", "past_len"]]\n'
         'ok = ("fp32",), {"hidden", "logits"}, ("cpu", "gpu")\n')
@@ -139,7 +139,7 @@ def test_calls_to_add_argument_for_threads_and_provider_live_in_feather_cli():
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"
                     and node.args and isinstance(node.args[0], ast.Constant)
-                    and node.args[0].value in ("--threads", "--provider") and path != "feather/cli.py"):
+                    and node.args[0].value in ("--threads", "--provider") and path != "src/feather/cli.py"):
                 bad.append(f"{path}:{node.lineno}: {node.args[0].value}; use cli.add_threads_arg / add_provider_arg")
     assert not bad, "\n".join(bad)
 

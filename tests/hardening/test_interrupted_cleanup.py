@@ -56,7 +56,7 @@ from feather.calibration.cli import main
 sys.exit(main([sys.argv[2], "-o", os.path.join(HOME, "out"), "--calibration", sys.argv[3], "--steps", "1", "-q"]))
 """,
     "feather-build": """
-from feather.export import engines
+from feather.build import engines
 from feather.runtime.backends import tensorrt as backend
 from tests.trt.fake import FakeCuda, make_trt
 
@@ -73,7 +73,7 @@ def build_engine(*args, **kwargs):
     return real_build_engine(*args, **kwargs)
 
 engines.build_engine = build_engine
-from feather.export.build_cli import main
+from feather.build.cli import main
 sys.exit(main([os.path.dirname(HOME)]))
 """,
 }

@@ -3,8 +3,8 @@
 CI builds that venv once (.ci/run sets FEATHER_RUNTIME_PYTHON); run locally without it,
 this test builds it itself with ``pip install .`` (about a minute).
 
-Subprocesses run outside the repository, as on a device: from the repo root, the source
-folder ``feather/`` would shadow the installed package.
+Subprocesses run from the repository root: the package lives under src/, so the checkout no
+longer shadows the installed package (it did when feather/ sat at the top level).
 """
 
 import json
@@ -38,14 +38,14 @@ def test_base_install_has_neither_torch_nor_transformers(runtime_python):
             "print(u.find_spec('torch') is None, u.find_spec('transformers') is None,"
             " 'torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([str(runtime_python), "-c", code], capture_output=True, text=True, check=True,
-                         cwd=runtime_python.parent).stdout
+                         cwd=ROOT).stdout
     assert out.split() == ["True", "True", "False", "False"]
 
 
 def test_feather_run_without_torch_gives_the_reference_tokens(runtime_python, export_feather, tiny_path, sample_image):
     cli = runtime_python.parent / "feather-run"
     proc = subprocess.run([str(cli), str(export_feather), "--max-new-tokens", "12", "--json"],
-                          capture_output=True, text=True, cwd=runtime_python.parent)
+                          capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     from feather.cli import DEFAULT_PROMPT, SAMPLE_IMAGE
@@ -57,7 +57,7 @@ def test_feather_run_without_torch_gives_the_reference_tokens(runtime_python, ex
 def test_check_without_the_export_extra_says_what_to_install(runtime_python, export_feather):
     cli = runtime_python.parent / "feather-run"
     proc = subprocess.run([str(cli), str(export_feather), "--check"], capture_output=True, text=True,
-                          cwd=runtime_python.parent)
+                          cwd=ROOT)
     assert proc.returncode == 1 and "pip install 'feather-vlm[export]'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

@@ -16,7 +16,7 @@ import transformers
 from PIL import Image
 
 from feather.errors import InputError, ManifestError, ModelError
-from feather.export.preprocessing import image_spec_from_processor, prompt_spec_from_processor, resample_name
+from feather.hf.processor import image_spec_from_processor, prompt_spec_from_processor, resample_name
 from feather.runtime.preprocess import PromptEncoder, load_image, pixel_values
 from feather.tiny import sample_image
 

@@ -19,7 +19,7 @@ def fake():
 @pytest.fixture
 def built(export_feather, tmp_path, fake):
     """A copy of the FEATHER export with engines from the fake TensorRT: (folder, trt, cuda)."""
-    from feather.export import engines
+    from feather.build import engines
 
     folder = tmp_path / "export"
     shutil.copytree(export_feather, folder)

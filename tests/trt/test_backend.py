@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
+from feather.build import engines
 from feather.errors import BackendError
-from feather.export import engines
 from feather.manifest import MANIFEST_NAME, load_manifest, save_manifest
 from feather.runtime import Pipeline
 from feather.runtime.backends.tensorrt import DeviceTensor, TrtBackend

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
+from feather.build import engines
 from feather.errors import ConfigError, ManifestError
-from feather.export import engines
 from feather.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 from tests.trt.fake import FakeCuda, FakeLayer, FakeNetwork, make_trt
 

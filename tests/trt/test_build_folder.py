@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
+from feather.build import engines
 from feather.errors import BackendError, ManifestError
-from feather.export import engines
 from feather.manifest import MANIFEST_NAME, load_manifest
 from tests.trt.fake import FakeCuda, make_trt
 

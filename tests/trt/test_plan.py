@@ -7,8 +7,9 @@ import dataclasses
 
 import pytest
 
+from feather.build import cli as build_cli
+from feather.build import engines
 from feather.errors import ConfigError
-from feather.export import build_cli, engines
 from feather.manifest import load_manifest
 
 

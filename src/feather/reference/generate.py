@@ -64,7 +64,7 @@ class Reference:
     def encode(self, image, prompt: str):
         """The checkpoint's processor on ``image`` and ``prompt`` in the template (a ``BatchFeature``
         of torch tensors: input_ids, pixel_values, and for LLaVA-NeXT image_sizes)."""
-        from feather.runtime.preprocess import load_image
+        from feather.image import load_image
 
         text = prompt_mod.render(self.template, prompt, self.processor.image_token)
         return self.processor(images=load_image(image), text=text, return_tensors="pt")

@@ -93,7 +93,7 @@ def _sample(path: Path, n: int, line: str) -> Sample:
 
 
 def _check_image(where: str, image: Path) -> None:
-    from feather.runtime.preprocess import load_image
+    from feather.image import load_image
 
     if not image.is_file():
         raise InputError(f"{where}: image {shown(image)}: no such file")

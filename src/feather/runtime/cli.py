@@ -42,7 +42,7 @@ def _check_viz(pipe, args) -> None:
 
 def _viz(pipe, args, result) -> None:
     if args.viz:
-        from feather.runtime.viz import save_overlay
+        from feather.overlay import save_overlay
 
         m = pipe.manifest
         save_overlay(args.image, result.stages, m.image, m.dims.grid, m.pruning.criterion, args.viz)

@@ -71,8 +71,8 @@ class ReferenceModel:
     ``ReferenceModel``'s loaded weights, so a sweep loads the checkpoint once."""
 
     def __init__(self, model: str, config: PruneConfig, share: ReferenceModel | None = None):
-        from feather.export.preprocessing import image_spec_from_processor
         from feather.hf import checkpoint
+        from feather.hf.processor import image_spec_from_processor
         from feather.reference import Reference
 
         if share is None:

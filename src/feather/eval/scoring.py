@@ -1,7 +1,7 @@
 """Scoring a localization answer, separable from any model (torch-free).
 
 Frame: boxes are ``[x1, y1, x2, y2]`` normalised to the image AS THE MODEL SEES IT, i.e.
-after the checkpoint's resize and center crop (``feather.runtime.viz.View``). The ground
+after the checkpoint's resize and center crop (``feather.overlay.View``). The ground
 truth (COCO ``[x, y, w, h]`` in original pixels) is mapped into that frame and clipped to
 it; a target the crop removes entirely cannot be scored and is reported as ``outside``.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feather.runtime.viz import View, tokens_in_box
+from feather.overlay import View, tokens_in_box
 
 Box = tuple[float, float, float, float]
 

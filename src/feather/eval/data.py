@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from feather.errors import InputError
-
-PROMPT = 'Please provide the bounding box coordinate of the region this sentence describes: "{expression}"'
-"""The paper's localization prompt (wrapped in the checkpoint's chat template by the model)."""
+from feather.prompt import LOCALIZATION_PROMPT as PROMPT
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ from feather.errors import InputError
 LLAVA_1_5_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 """LLaVA-1.5's conversation format, used when the processor carries no chat template."""
 
+LOCALIZATION_PROMPT = 'Please provide the bounding box coordinate of the region this sentence describes: "{expression}"'
+"""The paper's localization prompt (wrapped in the checkpoint's chat template by the model),
+used by feather-eval and the grounding trainer."""
+
 _SENTINEL = "\x00FEATHER_PROMPT\x00"
 
 

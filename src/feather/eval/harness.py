@@ -24,8 +24,8 @@ from feather.eval.models import Model, label
 from feather.eval.scoring import gt_in_view, score_answer, stage_stats
 from feather.flops import image_token_reduction
 from feather.folder import write_atomic
-from feather.runtime.preprocess import load_image
-from feather.runtime.viz import View
+from feather.image import load_image
+from feather.overlay import View
 
 FORMAT = 1
 SAVE_EVERY_S = 5.0  # rewrite --json at most this often (and at the end)

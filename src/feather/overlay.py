@@ -4,7 +4,7 @@ Token ``i`` of a G x G grid covers row ``i // G``, column ``i % G`` of the model
 image after the checkpoint's resize and center crop (``ImageSpec``). ``View`` maps between
 that view and the original picture, so the same token can be drawn on either.
 
-    from feather.runtime.viz import save_overlay
+    from feather.overlay import save_overlay
     result = pipe.generate(image, prompt)
     save_overlay(image, result.stages, pipe.manifest.image, pipe.manifest.dims.grid,
                  pipe.manifest.pruning.criterion, "kept.png")
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from feather.errors import InputError, OutputError
-from feather.runtime.preprocess import RESAMPLE, center_crop, load_image, resize_size
+from feather.image import RESAMPLE, center_crop, load_image, resize_size
 
 if TYPE_CHECKING:
     from feather.manifest import ImageSpec

@@ -88,34 +88,55 @@ def _eager_load(spec: dict):
     return model, AutoProcessor.from_pretrained(spec["model"])
 
 
-def _eager_once(model, processor, text: str, image, n: int) -> tuple[float, object, int]:
-    """One ``generate`` of ``n`` tokens, timed from the processor call to the last token."""
+class _FirstToken:
+    """A ``generate`` streamer that notes when the first new token arrives: HF calls ``put``
+    once with the prompt, then once per generated token."""
+
+    def __init__(self):
+        self.calls, self.at = 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def _eager_once(model, processor, text: str, image, n: int) -> tuple[float, float, object, int]:
+    """One ``generate`` of ``n`` tokens -> (seconds from the processor call to the last token,
+    seconds from the first new token to the last, output, prompt length)."""
     import torch
 
+    first = _FirstToken()
     t0 = time.perf_counter()
     enc = processor(images=image, text=text, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=n, do_sample=False, return_dict_in_generate=True)
-    return time.perf_counter() - t0, out, enc["input_ids"].shape[1]
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False, return_dict_in_generate=True,
+                             streamer=first)
+    t1 = time.perf_counter()
+    return t1 - t0, t1 - (first.at or t1), out, enc["input_ids"].shape[1]
 
 
 def torch_eager(spec: dict) -> dict:
-    """HF ``generate`` (eager attention): TTFT from ``max_new_tokens=1``, decode from a
-    ``1 + new_tokens`` run minus that TTFT run, both including the processor call."""
+    """HF ``generate`` (eager attention): TTFT from a ``max_new_tokens=1`` run (processor call
+    included), decode from a ``1 + new_tokens`` run timed from its first new token to its last
+    (measured within one run: a difference of two runs goes negative on a busy machine)."""
     from feather import prompt as prompt_mod
 
     model, processor = _eager_load(spec)
     text = prompt_mod.render(prompt_mod.template_from_processor(processor), spec["prompt"], processor.image_token)
     image, clock, samples = _image(spec), _Clock(model), {}
     for i in range(spec["repeats"] + 1):  # i == 0: warm-up
-        ttft, _, seq_len = _eager_once(model, processor, text, image, 1)
+        ttft, _, _, seq_len = _eager_once(model, processor, text, image, 1)
         vision, llm = clock.take()
-        total, out, _ = _eager_once(model, processor, text, image, 1 + spec["new_tokens"])
+        _, decode, out, _ = _eager_once(model, processor, text, image, 1 + spec["new_tokens"])
         clock.take()
         n_new = out.sequences.shape[1] - seq_len
         if i:
-            _collect(samples, vision_s=vision, llm_prefill_s=llm, ttft_s=ttft, decode_s=total - ttft,
-                     decode_tokens_per_s=(n_new - 1) / (total - ttft))
+            _collect(samples, vision_s=vision, llm_prefill_s=llm, ttft_s=ttft, decode_s=decode,
+                     decode_tokens_per_s=(n_new - 1) / decode)
     return {"samples": samples, "kv_cache_bytes": _cache_bytes(out.past_key_values), "seq_len": seq_len,
             "kept": [], "tokens": out.sequences[0, seq_len:].tolist()}
 

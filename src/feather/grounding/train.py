@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from feather.eval.data import PROMPT
 from feather.grounding import shapes
+from feather.prompt import LOCALIZATION_PROMPT as PROMPT
 
 SEED = 0
 IMAGE_TOKEN = "<image>"

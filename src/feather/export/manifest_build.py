@@ -8,8 +8,8 @@ from pathlib import Path
 from feather import __version__
 from feather.config import PruneConfig
 from feather.export.chain import SegmentPlan
-from feather.export.preprocessing import image_spec_from_processor, prompt_spec_from_processor
 from feather.export.segments import KV_NAMES
+from feather.hf.processor import image_spec_from_processor, prompt_spec_from_processor
 from feather.manifest import (
     PRECISION_DTYPE,
     SCHEMA_VERSION,

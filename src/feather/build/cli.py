@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from feather import cli
-from feather.export import engines
+from feather.build import engines
 
 
 def build_parser() -> argparse.ArgumentParser:

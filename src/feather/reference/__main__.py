@@ -30,8 +30,8 @@ def _body(args: argparse.Namespace) -> int:
     ref = Reference.load(args.model, config)
     result = ref.generate(args.image, args.prompt, args.max_new_tokens, cli.sampling(args))
     if args.viz:
-        from feather.export.preprocessing import image_spec_from_processor
-        from feather.runtime.viz import save_overlay
+        from feather.hf.processor import image_spec_from_processor
+        from feather.overlay import save_overlay
 
         save_overlay(args.image, result.stages, image_spec_from_processor(ref.processor.image_processor),
                      ref.geom.grid, config.criterion, args.viz)
