@@ -64,6 +64,7 @@ class Text:
     family: str = "llama"
     max_positions: int = 4096
     tie_embeddings: bool | None = None
+    rope_theta: float | None = None  # None: the family's fixture value
 
     def __post_init__(self):
         if self.family not in TEXT_FAMILIES:
@@ -101,7 +102,10 @@ class Vision:
 class Spec:
     """One checkpoint. ``pad_in_config`` writes ``pad_token_id`` into the configs (which
     also zeroes the pad row of the embedding at init); ``zero_eos_logit`` zeroes the EOS
-    row of the LM head, so that greedy decoding never stops early."""
+    row of the LM head, so that greedy decoding never stops early. ``vocab_size`` larger
+    than the tokenizer's gives a real checkpoint's head cost (Qwen1.5: 151,936 rows); the
+    rows no token spells are zeroed in the LM head (and, tied, the embedding), so greedy
+    decoding stays within the tokenizer."""
 
     text: Text
     vision: Vision
@@ -109,6 +113,8 @@ class Spec:
     projector_scale: float = 4.0
     pad_in_config: bool = True
     zero_eos_logit: bool = False
+    vocab_size: int | None = None  # the model's vocabulary; None: the tokenizer's (512)
+    save_dtype: str = "float32"  # "float16": saved as the hub's checkpoints are
 
 
 def _corpus(n: int = 4000) -> list[str]:
@@ -151,6 +157,8 @@ def build_config(spec: Spec, vocab_size: int, image_token_id: int, pad_id: int):
     cls_name, family_kwargs = TEXT_FAMILIES[t.family]
     if t.tie_embeddings is not None:
         family_kwargs = {**family_kwargs, "tie_word_embeddings": t.tie_embeddings}
+    if t.rope_theta is not None:
+        family_kwargs = {**family_kwargs, "rope_theta": t.rope_theta}
     optional = {"head_dim": t.head_dim, "pad_token_id": pad_id if spec.pad_in_config else None}
     text = getattr(transformers, cls_name)(
         vocab_size=vocab_size, hidden_size=t.hidden, intermediate_size=t.ffn, num_hidden_layers=t.layers,
@@ -232,7 +240,7 @@ def build_model(spec: Spec, tok):
     from transformers import LlavaForConditionalGeneration
 
     image_id, pad_id, eos_id = (tok.token_to_id(t) for t in (IMAGE_TOKEN, "<pad>", "</s>"))
-    config = build_config(spec, tok.get_vocab_size(), image_id, pad_id)
+    config = build_config(spec, spec.vocab_size or tok.get_vocab_size(), image_id, pad_id)
     torch.manual_seed(spec.seed)
     if spec.vision.pinpoints is not None:
         from transformers import LlavaNextForConditionalGeneration
@@ -245,6 +253,7 @@ def build_model(spec: Spec, tok):
             p.mul_(spec.projector_scale)
         if spec.zero_eos_logit:
             model.lm_head.weight[eos_id] = 0.0  # logit 0 never wins over the random ones
+        model.lm_head.weight[tok.get_vocab_size():] = 0.0  # rows no token spells (none at 512)
     return model
 
 
@@ -265,6 +274,8 @@ def build(spec: Spec, path: str | os.PathLike, overwrite: bool = False) -> Path:
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
+    if spec.save_dtype == "float16":
+        model = model.half()
     model.save_pretrained(tmp)
     build_processor(tok, spec.vision).save_pretrained(tmp)
     if out.exists():

@@ -192,3 +192,68 @@ def test_openvino_same_precision_ratios_and_targets_need_no_run():
     assert targets["ttft_vs_openvino_same_precision"]["met"] and targets["decode_vs_openvino_same_precision"]["met"]
     del rows["o"]
     assert "decode_vs_openvino_same_precision" not in _ratios(rows)
+
+
+def test_export_steps_are_measured_in_their_own_children(bench_run):
+    """Each export ran in a child (feather.bench.steps): its time, peak RSS and folder size are
+    in the report; a folder is at least its graphs' bytes."""
+    report, _ = bench_run
+    steps = report["steps"]
+    assert {s["step"] for s in steps.values()} == {"export"}
+    assert len(steps) == 4  # none, FEATHER, FastV, FEATHER at the long --max-seq
+    for name, st in steps.items():
+        assert st["seconds"] > 0 and st["peak_rss_bytes"] > 50 * 2**20 and st["folder_bytes"] > 2**20, name
+
+
+def test_rows_pick_a_subset_and_bad_ids_are_refused():
+    from feather.bench.proc import BenchError
+    from feather.bench.run import select_rows
+
+    specs, peer = select_rows("acdjfno", quantized=False)
+    assert [s.id for s in specs] == ["a", "c", "d", "j"] and peer == ("f", "n", "o")
+    specs, peer = select_rows(None, quantized=False)
+    assert [s.id for s in specs] == list("abcdeg") and peer == ("f",)
+    specs, peer = select_rows(None, quantized=True)
+    assert [s.id for s in specs] == list("abcdeghijklm") and peer == ("f", "n", "o")
+    for bad in ("az", "", "a;c"):
+        with pytest.raises(BenchError, match="expected row ids among"):
+            select_rows(bad, quantized=False)
+
+
+def test_partial_rows_give_only_their_ratios_and_the_real_size_targets():
+    """A run of some rows (``--rows``) reports the ratios those rows allow; at interleave-0.5b
+    issue 20's targets: row j against OpenVINO f / n / o, and peak RSS at equal precision."""
+    from feather.bench.run import _checks, _ratios, _real_size_targets
+
+    row = lambda ttft, tps, rss: {"ttft_s": ttft, "llm_prefill_s": ttft / 2, "decode_tokens_per_s": tps,  # noqa: E731
+                                  "flops_llm_speedup": 2.0, "peak_rss_bytes": rss}
+    rows = {"c": row(4.0, 5, 3e9), "d": row(2.0, 6, 3e9), "j": row(1.0, 20, 1e9), "f": row(4.0, 4, 4e9),
+            "n": row(2.0, 10, 2e9), "o": row(1.5, 15, 1.5e9), "k": row(3.0, 8, 2.5e9), "l": row(3.0, 12, 1e9)}
+    ratios = _ratios(rows)
+    assert "ttft_vs_torch_eager" not in ratios  # no row a
+    assert ratios["int8_int4_ttft_vs_openvino_fp32"] == pytest.approx(0.25)
+    targets = _real_size_targets(ratios, rows)
+    assert targets["int8_int4_ttft_vs_openvino_fp32"] == {"value": 0.25, "target": "<= 0.35", "met": True}
+    assert targets["ttft_vs_openvino_same_precision"]["target"] == "<= 0.6"
+    assert targets["decode_vs_openvino_same_precision"] == {"value": pytest.approx(20 / 15), "target": ">= 1.2",
+                                                            "met": True}
+    assert targets["peak_rss_k_vs_openvino_n"]["met"] is False  # 2.5 GB against OpenVINO INT8's 2 GB
+    assert targets["peak_rss_c_vs_openvino_f"]["met"] and targets["peak_rss_l_vs_openvino_o"]["met"]
+    assert _checks({"c": {"tokens": [1]}, "d": {"tokens": [2]}}) == {}
+
+
+def test_interleave_geometry_is_llava_interleave_qwen_0_5b():
+    """The real-size geometry's config (built without weights): llava-interleave-qwen-0.5b-hf's."""
+    from feather import checkpoints
+
+    spec = checkpoint.INTERLEAVE_SPEC
+    config = checkpoints.build_config(spec, spec.vocab_size, image_token_id=4, pad_id=3)
+    t, v = config.text_config, config.vision_config
+    assert (t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers) == (151936, 1024, 2816, 24)
+    assert t.num_attention_heads == t.num_key_value_heads == 16 and t.tie_word_embeddings
+    theta = getattr(t, "rope_theta", None) or t.rope_parameters["rope_theta"]
+    assert theta == 1e6
+    assert (v.hidden_size, v.intermediate_size, v.num_attention_heads, v.image_size, v.patch_size) == (
+        1152, 4304, 16, 384, 14)
+    assert config.vision_feature_select_strategy == "full" and config.vision_feature_layer == -1
+    assert "interleave-0.5b" in checkpoint.GEOMETRIES

@@ -32,7 +32,7 @@ from pathlib import Path
 from feather import checkpoints
 
 SEED = checkpoints.SEED
-GEOMETRIES = ("bench", "tiny")
+GEOMETRIES = ("bench", "tiny", "interleave-0.5b")
 
 # 40 text tokens once the LLaVA-1.5 template is around it (BOS, "USER:", the newline after
 # the image and "ASSISTANT:" included); the benchmark reports the count it measured.
@@ -45,11 +45,27 @@ SPEC = checkpoints.Spec(
 )
 
 
-def default_cache_dir() -> Path:
-    """``$FEATHER_CACHE/bench-llava`` (or ~/.cache/feather-vlm/bench-llava), beside tiny."""
+INTERLEAVE_SPEC = checkpoints.Spec(
+    text=checkpoints.Text(family="qwen2", hidden=1024, ffn=2816, layers=24, heads=16, kv_heads=16,
+                          max_positions=32768, tie_embeddings=True, rope_theta=1e6),
+    vision=checkpoints.Vision(hidden=1152, ffn=4304, layers=26, heads=16, image_size=384, patch_size=14,
+                              feature_layer=-1, tower="siglip"),
+    pad_in_config=False, zero_eos_logit=True, vocab_size=151936, save_dtype="float16",
+)
+"""llava-interleave-qwen-0.5b-hf's full configuration with random seeded weights (0.86B
+parameters, saved in fp16 as the hub's are): SigLIP so400m at 384 px / patch 14 (1152 wide,
+FFN 4304, 16 heads; the checkpoint keeps 26 encoder layers and reads the last, ``full``
+selection: 729 tokens) and Qwen1.5-0.5B (24 layers, 1024 wide, 16 heads, FFN 2816, rope
+theta 1e6, a 151,936-row LM head tied to the embedding). Only the tokenizer is the tiny
+512-token BPE; the head's rows beyond it are zero, so its cost is the real one."""
+
+
+def default_cache_dir(geometry: str = "bench") -> Path:
+    """``$FEATHER_CACHE/bench-llava`` (or ~/.cache/feather-vlm/bench-llava), beside tiny;
+    ``interleave-0.5b`` builds into ``interleave-0.5b`` there."""
     from feather import tiny
 
-    return tiny.default_cache_dir().with_name("bench-llava")
+    return tiny.default_cache_dir().with_name("bench-llava" if geometry == "bench" else geometry)
 
 
 def resolve(geometry: str) -> Path:
@@ -60,6 +76,8 @@ def resolve(geometry: str) -> Path:
         return tiny.build()
     if geometry == "bench":
         return build()
+    if geometry == "interleave-0.5b":
+        return checkpoints.build(INTERLEAVE_SPEC, default_cache_dir(geometry))
     raise ValueError(f"geometry: got {geometry!r}, expected one of {', '.join(GEOMETRIES)}")
 
 
@@ -87,10 +105,11 @@ def flops_geometry(path: str | os.PathLike):
     heads = t["num_attention_heads"]
     feature = cfg.get("vision_feature_layer", -2)  # LLaVA reads layer -2: the last CLIP layer never runs
     run = v["num_hidden_layers"] + feature + 1 if feature < 0 else feature
+    cls = 1 if v.get("model_type", "clip_vision_model") == "clip_vision_model" else 0  # SigLIP has no CLS
     return Geometry(
         layers=t["num_hidden_layers"], hidden=t["hidden_size"], ffn=t["intermediate_size"], heads=heads,
         kv_heads=t.get("num_key_value_heads") or heads, head_dim=t.get("head_dim") or t["hidden_size"] // heads,
         vocab=t["vocab_size"], vision_layers=run, vision_hidden=v["hidden_size"],
-        vision_ffn=v["intermediate_size"], n_patches=(v["image_size"] // v["patch_size"]) ** 2 + 1,
+        vision_ffn=v["intermediate_size"], n_patches=(v["image_size"] // v["patch_size"]) ** 2 + cls,
         projector_in=v["hidden_size"], projector_out=t["hidden_size"],
     )

@@ -44,6 +44,19 @@ def table(report: dict):
     return t
 
 
+def steps_table(report: dict):
+    """Export and quantize steps, each run in a child: seconds, peak RSS and folder size."""
+    from rich.table import Table
+
+    t = Table(title="export and quantize steps (one child process each)")
+    for name in ("step", "folder", "seconds", "peak RSS MiB", "folder MiB"):
+        t.add_column(name, justify="left" if name in ("step", "folder") else "right")
+    for folder, st in report["steps"].items():
+        t.add_row(st["step"], folder, _f(st["seconds"], 1), f"{st['peak_rss_bytes'] / MIB:.0f}",
+                  f"{st['folder_bytes'] / MIB:.0f}")
+    return t
+
+
 def ratios_table(report: dict):
     from rich.table import Table
 
@@ -62,10 +75,13 @@ def print_report(report: dict, console=None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     console.print(table(report))
     console.print(ratios_table(report))
+    if report.get("steps"):
+        console.print(steps_table(report))
     r = report["ratios"]
-    console.print(f"FEATHER chain: LLM prefill {r['llm_prefill_speedup']:.2f}x faster than the unpruned chain "
-                  f"(FLOPs predict {r['flops_predicted_speedup']:.2f}x); TTFT {r['ttft_vs_torch_eager']:.2f} of "
-                  f"torch eager; decode {r['decode_speedup']:.2f}x the unpruned chain.")
+    if {"llm_prefill_speedup", "ttft_vs_torch_eager"} <= set(r):
+        console.print(f"FEATHER chain: LLM prefill {r['llm_prefill_speedup']:.2f}x faster than the unpruned chain "
+                      f"(FLOPs predict {r['flops_predicted_speedup']:.2f}x); TTFT {r['ttft_vs_torch_eager']:.2f} of "
+                      f"torch eager; decode {r['decode_speedup']:.2f}x the unpruned chain.")
     if "decode_long_vs_short" in r:
         console.print(f"long prompt: decode {r['decode_long_vs_short']:.2f}x its speed at the default prompt "
                       f"(attention's extra work predicts {r['decode_long_vs_short_predicted']:.2f}x).")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 
 def _image(spec: dict):
-    from PIL import Image
+    from feather.image import load_image
 
-    return Image.open(spec["image"]).convert("RGB")
+    return load_image(spec["image"])
 
 
 def _cache_bytes(cache) -> int:
