@@ -1,6 +1,6 @@
 """Ask feather-serve with the official OpenAI Python client.
 
-    feather-serve feather-export --port 8000            # in another shell
+    feather-serve ./feather-export --port 8000            # in another shell
     pip install openai
     python examples/openai_client.py photo.jpg "What is on the table?" [--stream]
 

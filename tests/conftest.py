@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at test time (the CLIs no longer set it)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def feather_cache(tmp_path_factory):

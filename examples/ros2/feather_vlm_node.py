@@ -56,10 +56,10 @@ class FeatherVLMNode(Node):
 
     def on_question(self, msg: String) -> None:
         if self.latest is None:
-            self.get_logger().warn("no image received yet; question ignored")
+            self.get_logger().warning("no image received yet; question ignored")
             return
         if not self.busy.acquire(blocking=False):
-            self.get_logger().warn("still answering the previous question; question ignored")
+            self.get_logger().warning("still answering the previous question; question ignored")
             return
         threading.Thread(target=self.answer, args=(self.latest, msg.data), daemon=True).start()
 

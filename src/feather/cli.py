@@ -9,11 +9,13 @@ exits 1 quietly. Anything else is a bug and keeps its traceback. See docs/harden
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from feather.config import CRITERIA, MODES, PruneConfig
@@ -114,7 +116,7 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
 def add_provider_arg(parser: argparse.ArgumentParser) -> None:
     """--provider, one of ``feather.runtime.backends.PROVIDERS`` (choices and help from that one
     table, so every CLI that runs a chain lists the same providers)."""
-    from feather.runtime.backends import ORT_PROVIDERS, PROVIDERS
+    from feather.providers import ORT_PROVIDERS, PROVIDERS
 
     native = [p for p in PROVIDERS if p not in ORT_PROVIDERS]
     parser.add_argument("--provider", default="cpu", choices=PROVIDERS,
@@ -126,7 +128,7 @@ def add_threads_arg(parser: argparse.ArgumentParser, what: str = "intra-op threa
                     default: int | None = None) -> None:
     """--threads N, an integer in 1..``feather.runtime.backends.MAX_THREADS`` (the bound the
     ONNX Runtime backend checks too), refused in one line otherwise; ``what`` is its help."""
-    from feather.runtime.backends import MAX_THREADS
+    from feather.providers import MAX_THREADS
 
     parser.add_argument("--threads", type=int_in(1, MAX_THREADS), default=default, metavar="N",
                         help=f"{what}, 1..{MAX_THREADS} (default: {'all cores' if default is None else default})")
@@ -148,13 +150,35 @@ def sampling(args: argparse.Namespace) -> Sampling:
 
 
 def _quiet_transformers() -> None:
-    """CLIs show our own progress only: no transformers advisories or weight-loading bars,
-    and HF ids resolve from the local cache only (no 35 s of retries and hub log lines
-    when offline). Set before transformers is imported; a user's explicit setting wins."""
+    """CLIs show our own progress only: no transformers advisories or weight-loading bars.
+    Set before transformers is imported; a user's explicit setting wins. HF ids are fetched
+    from the hub as transformers does (``HF_HUB_OFFLINE=1`` keeps them to the local cache;
+    without a network, ``feather.hf.checkpoint.load_config`` says so in one line)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ---------------------------------------------------------------- status lines
+@contextlib.contextmanager
+def status(message: str, quiet: bool = False) -> Iterator[None]:
+    """A status line on stderr around a step that takes more than a couple of seconds (loading
+    torch and a checkpoint, a model for feather-eval): a rich spinner on a terminal, a plain
+    ``message ...`` line otherwise (CI logs), then ``message: N.N s`` once it is done. Nothing
+    with ``quiet``."""
+    if quiet:
+        yield
+        return
+    from rich.console import Console
+
+    console, start = Console(file=sys.stderr), time.perf_counter()
+    if console.is_terminal:
+        with console.status(f"{message} ..."):
+            yield
+    else:
+        print(f"{message} ...", file=sys.stderr, flush=True)
+        yield
+    print(f"{message}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- running a CLI
@@ -197,6 +221,8 @@ def _stdout_closed() -> int:
 def run(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv) -> int:
     """Parse ``argv`` and run ``body``; user errors become one line (see the module doc)."""
     old = install_signal_handlers()
+    if sys.stdout is None:  # started with stdout closed (>&-): what it prints is discarded, not a traceback
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     try:
         try:
             args = parser.parse_args(argv)

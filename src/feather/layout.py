@@ -15,12 +15,19 @@ ceil(G / s) * s, a multiple of the stride. So the rules' uniform grid (rows and 
 2s, ...) is exactly the union of the stride-s grid over the base and the stride-s grid over
 the unpadded tile features, and no rule needs to know about tiles.
 
-    layout.select(rule, live, params, logits, feats)   -> local positions kept among ``live``
-    layout.keep_index(pos, offset, kept_live)          -> positions to gather in the current sequence
+    layout.apply_stage(rule, live, pos, offset, params, score, feats, layer) -> (keep_index, live)
+    layout.static_counts(rules, params)                 -> prunable tokens each stage keeps (static)
+
+``apply_stage`` is the one stage step the runtime (``runtime/pipeline.py``) and the PyTorch
+reference (``reference/generate.py``) both run: the score's columns of the live tokens, the rule's
+selection on the virtual grid, the positions to gather. A new image layout (a family variant) is a
+new factory here plus its tiling in ``feather.hf``; the exporter, the manifest checks, the runtime
+and the reference take the layout and ask it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -62,11 +69,29 @@ class Layout:
         keep = np.isin(pos, offset + self.prunable[kept])
         return np.flatnonzero(~prunable | keep).astype(np.int64)
 
+    def apply_stage(self, rule, live: np.ndarray, pos: np.ndarray, offset: int, params, score, feats,
+                    layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One pruning stage on the current sequence (original positions ``pos``, image block at
+        ``offset``) whose prunable tokens ``live`` are alive: ``score`` the score logits [H, S] over
+        the whole current sequence (None for a rule that ranks by none), ``feats`` the vision
+        features [N, C] of the whole block. Returns (positions to gather, the live tokens after)."""
+        logits = None if score is None else np.asarray(score)[:, self.columns(pos, offset, live)]  # [H, n]
+        keep_local = self.select(rule, live, params, logits, feats, layer)
+        kept = live[keep_local]
+        return self.keep_index(pos, offset, kept), kept
+
     def static_counts(self, rule_objects, params) -> list[int]:
-        """Prunable tokens each stage keeps (static mode), found by running the rules on the
-        layout with neutral scores: the counts are those of the rules themselves."""
+        """Prunable tokens each stage keeps in static mode (whatever ``params.mode``: paper mode's
+        counts depend on the scores), found by running the rules on the layout with neutral
+        scores: the counts are those of the rules themselves (a rule that ranks by the features
+        keeps ``rule.keep`` of the live tokens wherever they sit)."""
+        params = dataclasses.replace(params, mode="static")
         live, counts = np.arange(len(self.prunable)), []
         for rule in rule_objects:
+            if rule.needs_features:  # a count of live tokens alone (DPC-KNN on neutral features: O(n^2) for nothing)
+                live = live[: rule.keep(len(live), self.vgrid, params)]
+                counts.append(len(live))
+                continue
             logits = np.zeros((1, len(live)), dtype=np.float32) if rule.needs_score else None
             feats = np.zeros((self.n, 1), dtype=np.float32)
             live = live[self.select(rule, live, params, logits, feats)]
@@ -96,9 +121,14 @@ def tiled(grid: int, rows: int, cols: int, stride: int) -> Layout:
     return Layout(grid * grid + rows * (cols + 1), prunable, virtual, side)
 
 
+def for_tiles(grid: int, tiles, stride: int) -> Layout:
+    """The layout of a G x G grid, tiled by a LLaVA-NeXT ``TileSpec`` (``tiles.features`` = unpadded
+    [rows, cols]) or square when ``tiles`` is None: the one place the choice is made."""
+    if tiles is None:
+        return square(grid)
+    return tiled(grid, tiles.features[0], tiles.features[1], stride)
+
+
 def for_manifest(manifest) -> Layout:
     """The layout a manifest's export was made for."""
-    tiles = getattr(manifest, "tiles", None)
-    if tiles is None:
-        return square(manifest.dims.grid)
-    return tiled(manifest.dims.grid, tiles.features[0], tiles.features[1], manifest.pruning.stride)
+    return for_tiles(manifest.dims.grid, getattr(manifest, "tiles", None), manifest.pruning.stride)

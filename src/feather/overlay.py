@@ -12,6 +12,7 @@ that view and the original picture, so the same token can be drawn on either.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from feather.errors import InputError, OutputError
-from feather.image import RESAMPLE, center_crop, load_image, resize_size
+from feather.folder import write_atomic
+from feather.image import RESAMPLE, load_image, resize_crop, resize_size
+from feather.text import shown
 
 if TYPE_CHECKING:
     from feather.manifest import ImageSpec
@@ -31,7 +34,12 @@ Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels (edges, not 
 PANEL = 336  # panel side in the overlay, pixels
 TITLE_H = 30
 DIM = 0.28  # brightness of pruned tokens
-OUTSIDE = (70, 70, 70)  # original-image pixels the model never sees (cropped away)
+OUTSIDE = (128, 128, 128)  # grey that original-image pixels the model never sees (cropped away) are blended with
+OUTSIDE_KEEP = 0.4  # share of the original pixel kept in that blend
+OUTLINE = (255, 0, 200)  # outline of the tokens kept at the last stage
+OUTLINE_W = 2
+SWATCH, LEGEND_ROW = 12, 18  # legend swatch side and row height
+LEGEND_H = 5 * LEGEND_ROW + 12  # the legend band under the panels: 4 keys and the counts line
 
 
 @dataclass(frozen=True)
@@ -116,12 +124,9 @@ def tokens_in_box(box: Box, grid: int, view: View) -> np.ndarray:
 
 
 def model_view(image, spec: ImageSpec) -> Image.Image:
-    """The picture as the vision tower sees it, before normalisation: resized, then cropped."""
-    img = load_image(image)
-    h, w = resize_size(img.height, img.width, spec)
-    arr = np.asarray(img.resize((w, h), resample=RESAMPLE.get(spec.resample, Image.Resampling.BICUBIC)))
-    if spec.center_crop:
-        arr = center_crop(arr, int(spec.size[0]), int(spec.size[1]))
+    """The picture as the vision tower sees it, before normalisation: resized, then cropped
+    (only the crop window is resampled for extreme aspect ratios, as ``pixel_values`` does)."""
+    arr = resize_crop(load_image(image), spec, RESAMPLE.get(spec.resample, Image.Resampling.BICUBIC))
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
@@ -146,14 +151,22 @@ def _token_map_original(view: View, grid: int, size: tuple[int, int]) -> np.ndar
 
 
 def _shade(img: Image.Image, tokens: np.ndarray, kept: np.ndarray | None) -> Image.Image:
-    """Dim the pruned tokens of ``img`` (``kept`` None: keep all); grey out pixels outside the view."""
-    arr = np.asarray(img.convert("RGB")).astype(np.float32)
+    """Dim the pruned tokens of ``img`` (``kept`` None: keep all); wash out, towards grey, the
+    pixels outside the view (cropped away), so what was cut is still recognisable."""
+    base = np.asarray(img.convert("RGB"))
+    arr = base.astype(np.float32)
     keep = np.ones(tokens.max(initial=0) + 1, dtype=bool) if kept is None else np.isin(
         np.arange(tokens.max(initial=0) + 1), kept)
     lit = np.where(tokens >= 0, keep[np.maximum(tokens, 0)], False)
     arr = np.where(lit[..., None], arr, arr * DIM)
-    arr[tokens < 0] = OUTSIDE
+    outside = tokens < 0
+    arr[outside] = _washed(base[outside])
     return Image.fromarray(arr.round().astype(np.uint8))
+
+
+def _washed(pixels: np.ndarray) -> np.ndarray:
+    """Cropped-away pixels: ``OUTSIDE_KEEP`` of the original blended with ``OUTSIDE`` grey."""
+    return pixels.astype(np.float32) * OUTSIDE_KEEP + np.float32(1 - OUTSIDE_KEEP) * np.asarray(OUTSIDE, np.float32)
 
 
 def _fit(size: tuple[int, int]) -> tuple[int, int]:
@@ -162,11 +175,38 @@ def _fit(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
+def _outline(draw: ImageDraw.ImageDraw, boxes: list[Box], origin: tuple[int, int], scale: tuple[float, float]) -> None:
+    """Outline each box (in picture pixels; ``scale`` to panel pixels) at panel ``origin``."""
+    (ox, oy), (sx, sy) = origin, scale
+    for x1, y1, x2, y2 in boxes:
+        if x2 <= x1 or y2 <= y1:  # a token over crop padding covers no original pixel
+            continue
+        left, top = ox + round(x1 * sx), oy + round(y1 * sy)
+        right, bottom = max(left, ox + round(x2 * sx) - 1), max(top, oy + round(y2 * sy) - 1)
+        draw.rectangle((left, top, right, bottom), outline=OUTLINE, width=OUTLINE_W)
+
+
+def _legend(draw: ImageDraw.ImageDraw, font, y: int, n: int, stages: list[dict], criterion: str) -> None:
+    """The key under the panels: what each shade means, and the stages' kept counts."""
+    last = f"kept at the last stage (layer {stages[-1]['layer']}), outlined" if stages else "no pruning stage"
+    rows = [((200, 200, 200), None, "token kept"), ((56, 56, 56), None, f"token pruned (dimmed to {DIM:.0%})"),
+            ((200, 200, 200), OUTLINE, last),
+            (tuple(int(v) for v in _washed(np.full((1, 3), 200))[0].round()), None, "cropped away before the model")]
+    for i, (fill, outline, text) in enumerate(rows):
+        top = y + 6 + i * LEGEND_ROW
+        draw.rectangle((6, top, 6 + SWATCH, top + SWATCH), fill=fill, outline=outline, width=OUTLINE_W)
+        draw.text((6 + SWATCH + 8, top + 1), text, fill=(0, 0, 0), font=font)
+    counts = ", ".join(f"layer {s['layer']}: {len(s['kept'])}/{n}" for s in stages) or f"all {n} kept"
+    draw.text((6, y + 6 + len(rows) * LEGEND_ROW + 1), f"criterion {criterion}; {counts}", fill=(0, 0, 0), font=font)
+
+
 def render_overlay(image, stages: list[dict], image_spec: ImageSpec, grid: int, criterion: str) -> Image.Image:
     """One image: a column for the input and one per stage; the top row on the model's view,
-    the bottom row on the original picture. Pruned tokens are dimmed; each title gives the
-    stage's layer, kept count and ``criterion``. ``stages``: ``Result.stages``
-    (``[{"layer": K, "kept": [original indices]}, ...]``)."""
+    the bottom row on the original picture, and a legend band of ``LEGEND_H`` pixels below.
+    Pruned tokens are dimmed, the last stage's kept tokens outlined in ``OUTLINE``, and what
+    the crop removes washed out towards grey; each title gives the stage's layer, kept count
+    and ``criterion``. ``stages``: ``Result.stages`` (``[{"layer": K, "kept": [original
+    indices]}, ...]``). Memory stays bounded whatever the aspect ratio (``model_view``)."""
     img = load_image(image)
     view = View.of(img.width, img.height, image_spec)
     top, bottom = model_view(img, image_spec), img
@@ -178,7 +218,7 @@ def render_overlay(image, stages: list[dict], image_spec: ImageSpec, grid: int, 
     for s in stages:
         kept = np.asarray(s["kept"], dtype=int)
         columns.append((f"layer {s['layer']}: {len(kept)}/{n} kept ({criterion})", kept))
-    canvas = Image.new("RGB", (PANEL * len(columns), 2 * (PANEL + TITLE_H)), (255, 255, 255))
+    canvas = Image.new("RGB", (PANEL * len(columns), 2 * (PANEL + TITLE_H) + LEGEND_H), (255, 255, 255))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for c, (title, kept) in enumerate(columns):
         for r, (pic, tokens) in enumerate(zip((top, bottom), maps)):
@@ -186,17 +226,40 @@ def render_overlay(image, stages: list[dict], image_spec: ImageSpec, grid: int, 
             label = title if r == 0 else f"original {img.width}x{img.height}"
             draw.text((x + 4, y + 8), label, fill=(0, 0, 0), font=font)
             canvas.paste(_shade(pic, tokens, kept), (x, y + TITLE_H))
+    if stages:
+        x, last = (len(columns) - 1) * PANEL, columns[-1][1]
+        view_scale = (top_size[0] / view.view_width, top_size[1] / view.view_height)
+        _outline(draw, [view.clip(token_box(i, grid, view)) for i in last], (x, TITLE_H), view_scale)
+        _outline(draw, [token_box_original(i, grid, view) for i in last], (x, 2 * TITLE_H + PANEL),
+                 (bottom_size[0] / img.width, bottom_size[1] / img.height))
+    _legend(draw, font, 2 * (PANEL + TITLE_H), n, stages, criterion)
     return canvas
 
 
 def save_overlay(image, stages: list[dict], image_spec: ImageSpec, grid: int, criterion: str,
                  out_path: str | os.PathLike) -> Path:
-    """Write ``render_overlay(...)`` to ``out_path`` (format from its suffix, e.g. .png).
-    Raises ``OutputError`` naming the path when it cannot be written."""
+    """Write ``render_overlay(...)`` to ``out_path`` (format from its suffix, e.g. .png) and
+    return it. The file appears whole or not at all (written beside it, then renamed); the
+    input image's own file is never the target. Raises ``OutputError`` naming the path when
+    it cannot be written."""
     out = Path(out_path)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:
+        raise OutputError(f"{shown(out)}: unknown image suffix {out.suffix or '(none)'!r}; expected e.g. .png or .jpg")
+    if isinstance(image, (str, os.PathLike)) and _same_file(image, out):
+        raise OutputError(f"{shown(out)}: is the input image; write the overlay to another file")
     picture = render_overlay(image, stages, image_spec, grid, criterion)
+    buf = io.BytesIO()
     try:
-        picture.save(out)
-    except (OSError, ValueError) as err:  # missing folder, unknown suffix, read-only
-        raise OutputError(f"{out}: cannot write the overlay ({' '.join(str(err).split())})") from None
+        picture.save(buf, format=fmt)
+        write_atomic(out, buf.getvalue())
+    except (OSError, ValueError) as err:  # missing folder, read-only, a mode the format cannot hold
+        raise OutputError(f"{shown(out)}: cannot write the overlay ({' '.join(str(err).split())})") from None
     return out
+
+
+def _same_file(a, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # either is missing
+        return False

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from feather.eval.cli import main
-from feather.overlay import render_overlay
+from feather.overlay import LEGEND_H, render_overlay
 
 FEATHER = "feather K=8+16 R=0.7 s=3"
 
@@ -50,7 +50,7 @@ def test_overlay_of_a_real_run(export_feather, sample_image):
     result = pipe.generate(sample_image, "Where is the red circle?", max_new_tokens=2)
     m = pipe.manifest
     picture = np.asarray(render_overlay(sample_image, result.stages, m.image, m.dims.grid, m.pruning.criterion))
-    assert picture.shape == (2 * (336 + 30), 3 * 336, 3)
+    assert picture.shape == (2 * (336 + 30) + LEGEND_H, 3 * 336, 3)  # two rows of panels, then the legend
     kept = result.stages[1]["kept"]
     pruned = sorted(set(range(576)) - set(kept))
     for token, lit in ((kept[0], True), (kept[-1], True), (pruned[0], False), (pruned[-1], False)):

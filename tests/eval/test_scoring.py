@@ -172,7 +172,7 @@ def test_splits_are_summarised_separately(data, tmp_path):
     ('{"image": "pic.png", "expression": "x", "bbox": [1, 2, 0, 4]}', "width and height"),
     ('{"image": "pic.png", "bbox": [1, 2, 3, 4]}', "missing key 'expression'"),
     ('[1, 2]', "expected a JSON object"),
-    ('{"image": "pic.png",', "not JSON"),
+    ('{"image": "pic.png",', "invalid JSON at column 21"),
 ])
 def test_bad_lines_name_the_file_and_line(tmp_path, line, message):
     sub = tmp_path / "sub"

@@ -6,11 +6,13 @@ from feather.config import PruneConfig
 from feather.errors import ConfigError
 from feather.export import export
 from feather.export.chain import plan_segments
+from feather.layout import square
 from feather.manifest import load_manifest
 
 
 def test_plan_cuts_long_runs_but_keeps_stage_boundaries():
-    plans = plan_segments(PruneConfig(), 24, 576, 24, max_graph_layers=5)
+    plans, keep = plan_segments(PruneConfig(), square(24), 24, max_graph_layers=5)
+    assert keep == [236, 21]
     assert [(p.start, p.end) for p in plans] == [(0, 5), (5, 8), (8, 13), (13, 16), (16, 21), (21, 24)]
     assert [p.score_rope for p in plans] == [None, False, None, False, None, None]
     assert [p.stage.layer if p.stage else None for p in plans] == [None, None, 8, None, 16, None]

@@ -126,10 +126,10 @@ def test_next_without_image_size_is_refused_in_one_line(next_path, tmp_path, cap
     assert not (tmp_path / "out").exists()
     from transformers import LlavaConfig
 
-    from feather.export.api import _tiles
+    from feather.hf.checkpoint import frame_tiles
 
     with pytest.raises(ConfigError, match="only LLaVA-NeXT checkpoints take a frame size"):
-        _tiles(LlavaConfig(), (640, 480))
+        frame_tiles(LlavaConfig(), (640, 480))
 
 
 def test_feather_run_check_passes(export_next_feather, tmp_path, capsys):
@@ -156,15 +156,15 @@ def test_tiles_are_additive_and_checked(export_next_none_wide, export_mistral_no
     import json
 
     from feather.errors import ManifestError
-    from feather.manifest.schema import Manifest
+    from feather.manifest import parse
 
     old = json.loads((export_mistral_none / "feather.json").read_text())
     old.pop("tiles")  # a manifest written before LLaVA-NeXT support
-    assert Manifest.from_json(old).tiles is None
+    assert parse(old).tiles is None
     data = json.loads((export_next_none_wide / "feather.json").read_text())
     data["tiles"]["features"] = [8, 13]
     with pytest.raises(ManifestError, match=r"dims.n_image: 184, expected dims.grid\^2 \+ rows \* \(cols \+ 1\) = 176"):
-        Manifest.from_json(data)
+        parse(data)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -176,12 +176,12 @@ def test_an_inconsistent_tile_layout_is_refused(export_next_none_wide, key, valu
     import json
 
     from feather.errors import ManifestError
-    from feather.manifest.schema import Manifest
+    from feather.manifest import parse
 
     data = json.loads((export_next_none_wide / "feather.json").read_text())
     data["tiles"][key] = value
     with pytest.raises(ManifestError, match=message):
-        Manifest.from_json(data)
+        parse(data)
 
 
 def test_viz_on_a_tiled_export_is_refused_in_one_line(export_next_feather, tmp_path, capsys):

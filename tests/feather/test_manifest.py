@@ -18,6 +18,7 @@ from feather.manifest import (
     Manifest,
     from_json,
     load_manifest,
+    parse,
     sha256_file,
     to_json,
 )
@@ -44,7 +45,7 @@ def test_round_trip(tmp_path):
     assert manifest.files["vision.onnx"] == sha256_file(tmp_path / "vision.onnx")
     loaded = load_manifest(tmp_path)
     assert loaded == manifest
-    assert Manifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest
+    assert parse(json.loads(json.dumps(manifest.to_json()))) == manifest
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -59,7 +60,7 @@ def test_defaults_and_int_as_float():
     data = make_manifest().to_json()
     del data["image"]["convert_rgb"], data["segments"][0]["axes"], data["tokens"]["pad"]
     data["tolerance"]["logits_abs"] = 1
-    manifest = Manifest.from_json(data)
+    manifest = parse(data)
     assert manifest.image.convert_rgb is True
     assert manifest.segments[0].axes == {} and manifest.tokens.pad is None
     assert manifest.tolerance.logits_abs == 1.0 and type(manifest.tolerance.logits_abs) is float

@@ -18,21 +18,22 @@ from pathlib import Path
 import pytest
 
 from feather.build.engines import BUILD_MODES
-from feather.manifest import BOUNDS, DTYPES, PRECISION_DTYPE, PRECISIONS, ROLES, SEGMENT_INPUTS, TARGETS
+from feather.manifest import BOUNDS, DTYPES, PRECISION_DTYPE, PRECISIONS, ROLES, SEGMENT_INPUTS, TARGETS, graphs
 from feather.runtime.backends import MAX_THREADS, ORT_PROVIDERS, PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = ("src/feather",)
 """The package's folder (scripts/ are stdlib-only at import: not scanned)."""
 SCHEMA = "src/feather/manifest/schema.py"
+GRAPHS = "src/feather/manifest/graphs.py"
 DOMAINS = {
     "precisions": (PRECISIONS, SCHEMA),
     "dtypes": (DTYPES, SCHEMA),
     "targets": (TARGETS, SCHEMA),
-    "segment input roles": (SEGMENT_INPUTS, SCHEMA),
-    "segment output roles": (tuple(ROLES["segment"][1]), SCHEMA),
-    "providers": (PROVIDERS, "src/feather/runtime/backends/__init__.py"),
-    "ONNX Runtime providers": (ORT_PROVIDERS, "src/feather/runtime/backends/__init__.py"),
+    "segment input roles": (SEGMENT_INPUTS, GRAPHS),
+    "segment output roles": (tuple(ROLES["segment"][1]), GRAPHS),
+    "providers": (PROVIDERS, "src/feather/providers.py"),
+    "ONNX Runtime providers": (ORT_PROVIDERS, "src/feather/providers.py"),
     "build modes": (BUILD_MODES, "src/feather/build/engines.py"),
 }
 """Domain -> (its one table, the module that holds it)."""
@@ -129,6 +130,42 @@ def test_the_scan_catches_a_retyped_table(tmp_path):
     (tmp_path / SCHEMA).write_text('PRECISIONS = ("fp32", "fp16")\n')
     bad, _ = _scan(tmp_path)
     assert sorted(int(b.split(":")[1]) for b in bad) == [1, 2, 3, 4], bad
+
+
+ROLE_NAMES = {graphs.KEEP_INDEX, graphs.POSITION_IDS, graphs.PAST_LEN, graphs.HIDDEN_OUT, graphs.IMAGE_FEATURES,
+              graphs.EMBEDS, *graphs.KV_NAMES.values()}
+"""Tensor names and KV templates of the graph I/O contract that only ``graphs`` may spell out. Not
+listed: ``hidden``, ``logits`` and ``score`` (common words: timings, results) and ``input_ids`` /
+``pixel_values`` (also transformers' own processor keys, which the reference reads)."""
+
+
+def _role_literals(root: Path = ROOT) -> list[str]:
+    """'file:line: literal' for each string constant (docstrings aside) naming a graph role's
+    tensor or a KV template outside ``GRAPHS``."""
+    bad = []
+    for path, tree in _sources(root):
+        if path == GRAPHS:
+            continue
+        docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in ROLE_NAMES and id(node) not in docs:
+                bad.append(f"{path}:{node.lineno}: {node.value!r}; use feather.manifest.graphs")
+    return bad
+
+
+def test_graph_role_names_are_spelled_only_in_the_contract():
+    bad = _role_literals()
+    assert not bad, "\n".join(bad)
+
+
+def test_the_role_scan_catches_a_literal_name(tmp_path):
+    (tmp_path / "src" / "feather" / "manifest").mkdir(parents=True)
+    (tmp_path / "src" / "feather" / "bad.py").write_text(
+        '"""past_len in a docstring is prose."""\nfeeds = {"past_len": 1}\nkv = "cache.%d.key" % 3\n'
+        'ok = ("hidden", "logits", "score", "input_ids")\n')
+    (tmp_path / GRAPHS).write_text('PAST_LEN = "past_len"\n')
+    assert _role_literals(tmp_path) == ["src/feather/bad.py:2: 'past_len'; use feather.manifest.graphs",
+                                        "src/feather/bad.py:3: 'cache.%d.key'; use feather.manifest.graphs"]
 
 
 def test_calls_to_add_argument_for_threads_and_provider_live_in_feather_cli():

@@ -271,7 +271,8 @@ def test_image_errors(tmp_path):
 @pytest.mark.parametrize(
     "array, message",
     [
-        (np.zeros((2, 3)), "image array: expected uint8 H x W x 3, got float64 (2, 3)"),
+        (np.zeros((2, 3), np.int64), "image array: dtype int64; expected uint8 (or bool, uint16, float in 0..1)"),
+        (np.zeros((2, 3, 2)), "image array: expected uint8 H x W x 3, got float64 (2, 3, 2)"),
         (np.zeros((4, 5, 2), np.uint8), "image array: expected uint8 H x W x 3, got uint8 (4, 5, 2)"),
         (np.zeros((2, 4, 5, 3), np.uint8), "image array: expected uint8 H x W x 3, got uint8 (2, 4, 5, 3)"),
         (np.zeros((0, 5, 3), np.uint8), "image array: zero size (5 x 0); expected a non-empty image"),
@@ -287,7 +288,7 @@ def test_zero_size_and_wrong_type_errors():
     with pytest.raises(InputError, match=r"^image: zero size \(0 x 0\)"):
         load_image(Image.new("RGB", (0, 0)))
     with pytest.raises(
-        InputError, match="^image: expected a path, a PIL image or a uint8 numpy array, got int$"
+        InputError, match="^image: expected a path, image bytes, a file object, a PIL image or a numpy array, got int$"
     ):
         load_image(3)
 

@@ -1,6 +1,7 @@
 """feather-run: output shapes, --check, and one-line errors with the project's error types."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,8 +79,10 @@ def test_pipeline_raises_project_errors(export_feather):
         pipe.generate("/nonexistent.jpg", "hi")
     with pytest.raises(InputError, match="max_new_tokens"):
         pipe.generate(__import__("numpy").zeros((8, 8, 3), "uint8"), "hi", max_new_tokens=0)
+    with pytest.raises(FeatherError):  # float arrays in 0..1 are images (feather.image); 2.0 is not
+        pipe.generate(__import__("numpy").full((8, 8), 2.0), "hi")
     with pytest.raises(FeatherError):
-        pipe.generate(__import__("numpy").zeros((8, 8), "float64"), "hi")
+        pipe.generate(__import__("numpy").zeros((8, 8), "complex64"), "hi")
 
 
 # ---------------------------------------------------------------- hostile input: one line, exit 1, no hang
@@ -130,6 +133,31 @@ def test_json_stream_is_json_lines_then_the_result(export_feather, capsys):
     assert "".join(p["piece"] for p in pieces) == final["text"] and len(final["tokens"]) == 6
     ends = [p["token"] for p in pieces]  # the token that completed each piece, in order
     assert ends[-1] == final["tokens"][-1] and all(t in final["tokens"] for t in ends)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_stream_prints_its_timing_line(export_feather, capsys, quiet):
+    """--stream: the answer on stdout as it comes, then the timing line on stderr (none with -q)."""
+    assert main([str(export_feather), "--max-new-tokens", "4", "--stream", *(["-q"] if quiet else [])]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.endswith("\n") and cap.out.strip()
+    lines = cap.err.splitlines()
+    if quiet:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and "first token" in lines[0] and "tok/s" in lines[0], lines
+
+
+def test_check_says_what_it_is_loading(export_feather, capsys):
+    """--check loads torch and the checkpoint (about a minute on a 7B): a status line first, then
+    the time it took; the report follows."""
+    assert main([str(export_feather), "--max-new-tokens", "2", "--check"]) == 0
+    lines = capsys.readouterr().err.splitlines()  # (in-process, transformers' own bars show too)
+    what = "--check: loading torch and the checkpoint, running the PyTorch reference"
+    assert lines[0] == f"{what} ..."
+    done = [i for i, line in enumerate(lines) if re.fullmatch(rf"{re.escape(what)}: \d+\.\d s", line)]
+    assert len(done) == 1 and lines.index("tokens: 2/2 agree") > done[0], lines
+    assert lines[-1].startswith("check: PASS")
 
 
 def test_check_json_is_json(export_feather, capsys):

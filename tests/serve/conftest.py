@@ -73,12 +73,13 @@ def chat_body(image_url: str, prompt: str = PROMPT, max_tokens: int = 8, **extra
 
 @pytest.fixture(scope="session")
 def server(export_feather, tmp_path_factory):
-    """``feather-serve EXPORT --served-model-name feather`` in its own process: 2 slots, 8 waiting, 1 MiB bodies."""
+    """``feather-serve EXPORT --served-model-name feather`` in its own process: 2 slots, 8 waiting, 1 MiB
+    bodies; its log (info: one access line per request, disconnects) goes to ``Served.log``."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     cmd = [sys.executable, "-m", "feather.serve.cli", str(export_feather), "--port", str(port),
            "--served-model-name", "feather", "--max-concurrency", "2", "--max-queue", "8", "--max-body-mb", "1",
-           "--log-level", "warning"]
+           "--log-level", "info"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"

@@ -44,7 +44,7 @@ BAD = {
     "non-image data URI": (lambda uri: _content(TEXT, _image("data:text/plain;base64,aGVsbG8=")), 400, "image/*"),
     "undecodable image": (lambda uri: _content(TEXT, _image("data:image/png;base64,"
                                                              + base64.b64encode(b"not a png").decode())),
-                          400, "cannot decode"),
+                          400, "image bytes: cannot read image (not an image format Pillow can read)"),
     "bad base64": (lambda uri: _content(TEXT, _image("data:image/png;base64,***")), 400, "base64"),
     "max_tokens string": (lambda uri: chat_body(uri, max_tokens="ten"), 400, "max_tokens"),
     "max_tokens zero": (lambda uri: chat_body(uri, max_tokens=0), 400, "max_tokens"),

@@ -123,6 +123,9 @@ def test_disconnected_stream_stops_generation(server, image_png):
     assert 1 <= stopped_after < max_tokens // 2, stopped_after
     assert now["completed"] == before["completed"]
     assert now["active"] == 0
+    # the feather.serve logger has a handler: the line reaches the server's log
+    assert f"client disconnected: generation stopped after {stopped_after} of at most {max_tokens} tokens" in \
+        server.log.read_text()
 
 
 def _rss_mib(pid: int) -> float:

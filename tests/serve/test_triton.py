@@ -114,7 +114,7 @@ def test_model_py_answers_like_the_pipeline(repo, image_png, pipe, monkeypatch):
     assert replies[0].outputs["TEXT"][0].decode() == expected.text
     assert json.loads(replies[0].outputs["FEATHER"][0])["stages"] == expected.stages
     assert "IMAGE_BYTES: required" in replies[1].error.message()
-    assert "cannot decode" in replies[2].error.message()
+    assert "cannot read image" in replies[2].error.message()
 
 
 @pytest.mark.skipif(not os.environ.get("FEATHER_TRITON_PYTHON"),

@@ -3,7 +3,8 @@
 
 Run apart from the parent so that its peak RSS (``VmHWM``, see ``feather.bench.rows``) and its
 time belong to the step alone, as a user running ``feather-export`` or ``feather-quantize``
-would see them. SPEC: ``{"step": "export", "model", "prune", "output", "max_seq"}`` or
+would see them. SPEC: ``{"step": "export", "model", "prune", "output"}`` (optional ``max_seq``, ``precision``,
+``max_graph_layers``) or
 ``{"step": "quantize", "export", "method", "output"}``. OUT: ``{"seconds", "peak_rss_bytes",
 "folder_bytes"}``.
 """
@@ -26,7 +27,7 @@ def _export(spec: dict) -> None:
     from feather.export import export
 
     prune = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["prune"].items()}
-    extra = {"max_seq": spec["max_seq"]} if spec.get("max_seq") else {}
+    extra = {k: spec[k] for k in ("max_seq", "precision", "max_graph_layers") if spec.get(k)}
     export(model=spec["model"], config=PruneConfig(**prune), output=spec["output"], quiet=True, **extra)
 
 

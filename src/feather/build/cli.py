@@ -18,15 +18,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="as-exported", choices=engines.BUILD_MODES,
                         help="as-exported (strongly typed: the graphs' dtypes decide; default), fp16 or bf16 "
                              "(builder flag over an fp32 export; TensorRT 10 only)")
-    parser.add_argument("--workspace-gb", type=cli.finite_float, default=None, metavar="N",
-                        help="cap TensorRT's builder workspace (default: TensorRT's, the device memory)")
+    parser.add_argument("--workspace-gb", type=_workspace_gb, default=None, metavar="N",
+                        help=f"cap TensorRT's builder workspace, in (0, {engines.MAX_WORKSPACE_GB}] "
+                             "(default: TensorRT's, the device memory)")
     parser.add_argument("--timing-cache", default=None, metavar="FILE",
                         help="read and update this timing cache, so later builds skip measured tactics")
     parser.add_argument("--dry-run", action="store_true", help="print the build plan and exit (no TensorRT needed)")
     return parser
 
 
+def _workspace_gb(text: str) -> float:
+    """An argparse type: GiB in (0, MAX_WORKSPACE_GB], checked with --dry-run too."""
+    value = cli.finite_float(text)
+    if not 0 < value <= engines.MAX_WORKSPACE_GB:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a number in (0, {engines.MAX_WORKSPACE_GB}]")
+    return value
+
+
+def _check_timing_cache(path: str | None) -> None:
+    """--timing-cache names a file (read if present, then replaced): not a folder, not empty."""
+    from pathlib import Path
+
+    from feather.errors import ConfigError
+
+    if path is not None and (not path.strip() or Path(path).is_dir()):
+        raise ConfigError(f"--timing-cache {cli.shown(path) or repr(path)}: is a folder or empty; expected a file "
+                          "name (read if it exists, then updated)")
+
+
 def _body(args: argparse.Namespace) -> int:
+    _check_timing_cache(args.timing_cache)
     if args.dry_run:
         print("\n".join(engines.plan(args.folder, precision=args.precision).lines()))
         return 0

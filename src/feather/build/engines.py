@@ -45,6 +45,7 @@ from feather.errors import BackendError, ConfigError
 from feather.folder import staged_files, write_atomic
 from feather.manifest import GraphSpec, Manifest, load_manifest, save_manifest, sha256_file
 from feather.manifest.checks import ENGINE_FOLDER
+from feather.manifest.graphs import CACHE, SEQ, role_shapes
 from feather.manifest.schema import EngineProfile, EngineSpec
 
 BUILD_MODES = ("as-exported", "fp16", "bf16")
@@ -159,34 +160,29 @@ def _engine(spec: GraphSpec, file: str, method: str, precision: str, profiles) -
 
 
 def _io_profiles(m: Manifest, spec: GraphSpec) -> tuple[Profile, ...]:
-    """The embed graph: input_ids [1, S] over the seq axis. The vision graph: static."""
-    if "input_ids" not in spec.inputs or "seq" not in spec.axes:
+    """The embed graph: one profile over the seq axis (prefill and decode). The vision graph: static."""
+    r = spec.axes.get(SEQ)
+    if r is None or not role_shapes(spec, m.dims, 1, 1):
         return ()
-    r = spec.axes["seq"]
-    return (Profile("all", {spec.inputs["input_ids"]: ((1, r.min), (1, r.opt), (1, r.max))}),)
+    return (_profile("all", spec, m, (r.min, r.opt, r.max), (1, 1, 1)),)
 
 
 def _segment_profile(m: Manifest, spec: GraphSpec, phase: str) -> Profile:
     """Prefill: S over the seq axis and the one-row dummy cache. Decode: S = 1 and the cache
-    capacity over the cache axis. Shapes as in export/segments.py:
-    hidden [1, S_in, d], keep_index [S], position_ids [1, S], cache.{i}.key/value [1, KV, C, hd]."""
-    d, kv, hd = m.dims.hidden, m.dims.kv_heads, m.dims.head_dim
-    seq = spec.axes.get("seq")
-    cache = spec.axes.get("cache")
+    capacity over the cache axis. Shapes from ``feather.manifest.graphs.role_shapes``."""
+    seq = spec.axes.get(SEQ)
+    cache = spec.axes.get(CACHE)
     if seq is None or cache is None:
         raise ConfigError(f"{spec.file}: the manifest gives no seq/cache axis ranges; re-export it")
     s = (seq.min, seq.opt, seq.max) if phase == "prefill" else (1, 1, 1)
     c = (1, 1, 1) if phase == "prefill" else (max(cache.min, 1), max(cache.opt, 1), cache.max)
-    names = spec.inputs
-    shapes = {
-        names["hidden"]: tuple((1, n, d) for n in s),
-        names["keep_index"]: tuple((n,) for n in s),
-        names["position_ids"]: tuple((1, n) for n in s),
-    }
-    for layer in range(*spec.layers):
-        cache_k, cache_v, _, _ = spec.kv.names(layer)
-        shapes[cache_k] = shapes[cache_v] = tuple((1, kv, n, hd) for n in c)
-    return Profile(phase, shapes)
+    return _profile(phase, spec, m, s, c)
+
+
+def _profile(name: str, spec: GraphSpec, m: Manifest, seqs: tuple, caps: tuple) -> Profile:
+    """``role_shapes`` at (min, opt, max) -> ``shapes[tensor] = (min, opt, max)``."""
+    per = [role_shapes(spec, m.dims, s, c) for s, c in zip(seqs, caps)]
+    return Profile(name, {tensor: tuple(p[tensor] for p in per) for tensor in per[0]})
 
 
 # ---------------------------------------------------------------- TensorRT versions: the one branch

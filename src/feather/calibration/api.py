@@ -32,7 +32,7 @@ from feather.calibration.data import Sample, default_set, load_set
 from feather.errors import InputError, OutputError
 from feather.export.progress import Steps
 from feather.folder import check_output, staged_output
-from feather.manifest import GraphSpec, Manifest, Tolerance, load_manifest, save_manifest
+from feather.manifest import GraphSpec, Manifest, Tolerance, graphs, load_manifest, save_manifest
 from feather.text import shown
 
 REPORT_FILE = "quantization.json"
@@ -167,11 +167,10 @@ def _quantize_graph(src: Path, dst: Path, work: Path, graph: GraphSpec, kind: st
         src = work / src.name
     src = methods_mod.infer_shapes(src, work)
     nodes, _ = methods_mod.weight_matmuls(onnx.load(str(src), load_external_data=False),
-                                          skip_lm_head=not quantize_lm_head, logits=graph.outputs.get("logits"))
+                                          skip_lm_head=not quantize_lm_head, logits=graph.outputs.get(graphs.LOGITS))
     reader = None
     if how.calibrated:
-        names = set(graph.inputs.values()) | ({n for i in range(*graph.layers) for n in graph.kv.names(i)[:2]}
-                                              if graph.kv else set())
+        names = set(graphs.input_names(graph))
         reader = methods_mod.reader_class()([r.feeds for r in cap.records.get(graph.file, [])], names)
     methods_mod.QUANTIZERS[kind](src, dst, nodes, reader)
     for leftover in work.iterdir():

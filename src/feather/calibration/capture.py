@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from feather.calibration.data import Sample
-from feather.manifest import GraphSpec, Manifest
+from feather.manifest import GraphSpec, Manifest, graphs
 
 
 @dataclass
@@ -54,7 +54,7 @@ class RecordingSession:
 
     def _record(self, feeds: Mapping) -> Record:
         host = {name: np.array(self.backend.to_host(v), copy=True) for name, v in feeds.items()}
-        past = self.graph.inputs.get("past_len")
+        past = self.graph.inputs.get(graphs.PAST_LEN)
         if past is None or int(host[past][0]) == 0:
             return Record("prefill", host)
         live = int(host[past][0])

@@ -1,7 +1,8 @@
 """Calibration sets: the (image, prompt) pairs the floating-point chain is run on.
 
 A calibration file is JSONL, one ``{"image": path, "prompt": text}`` object per line; image
-paths are relative to the file's folder (absolute paths are taken as they are). Every line
+paths are relative paths inside the file's folder (``feather.jsonread.path_inside``, the rule
+feather-eval's data follows too: absolute paths and ``..`` out of the folder are refused). Every line
 is checked, and every image opened, before anything is run or written, so a bad line is one
 error naming the file and the line. With no file, ``default_set()`` is the sample picture
 with a few prompts, so ``feather-quantize EXPORT_DIR`` works with no flags.
@@ -9,11 +10,11 @@ with a few prompts, so ``feather-quantize EXPORT_DIR`` works with no flags.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from feather import jsonread
 from feather.cli import SAMPLE_IMAGE, shown
 from feather.errors import InputError
 
@@ -74,20 +75,14 @@ def _read(path: Path) -> str:
 
 def _sample(path: Path, n: int, line: str) -> Sample:
     where = f"{shown(path)}:{n}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{where}: invalid JSON at column {err.colno}: {err.msg}") from None
-    except RecursionError:
-        raise InputError(f"{where}: JSON nested too deeply") from None
+    obj = jsonread.loads(line, where)
     if not isinstance(obj, dict) or set(obj) != {"image", "prompt"}:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise InputError(f'{where}: expected {{"image": path, "prompt": text}}, got {got}')
     for key in ("image", "prompt"):
         if not isinstance(obj[key], str) or not obj[key].strip():
             raise InputError(f"{where}: {key}: expected a non-empty string")
-    image = Path(obj["image"]).expanduser()
-    image = image if image.is_absolute() else path.parent / image
+    image = jsonread.path_inside(where, obj["image"], path.parent)
     _check_image(where, image)
     return Sample(image, obj["prompt"])
 

@@ -29,7 +29,7 @@ import numpy as np
 from feather.calibration import emulate
 from feather.calibration.capture import Capture
 from feather.calibration.methods import KERNEL_FLOOR, KERNEL_SLACK
-from feather.manifest import GraphSpec, Manifest, load_manifest
+from feather.manifest import GraphSpec, Manifest, graphs, load_manifest
 
 
 @dataclass
@@ -215,7 +215,7 @@ def _jaccard(a: list[int], b: list[int]) -> float:
 
 
 def _main_output(graph: GraphSpec) -> str:
-    for role in ("hidden", "logits", "image_features", "embeds"):
+    for role in (graphs.HIDDEN, graphs.LOGITS, graphs.IMAGE_FEATURES, graphs.EMBEDS):
         if role in graph.outputs:
             return graph.outputs[role]
     raise KeyError(graph.file)

@@ -22,18 +22,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, metavar="FILE.jsonl",
                         help='one {"image", "expression", "bbox": [x, y, w, h]} per line (COCO pixels)')
     parser.add_argument("--split", default=None, help="only the lines with this \"split\"")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="the first N samples only")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="default: %(default)s (the paper's)")
+    parser.add_argument("--limit", type=cli.int_in(1, 1 << 31), default=None, metavar="N",
+                        help="the first N samples only")
+    parser.add_argument("--max-new-tokens", type=cli.int_in(1, cli.MAX_NEW_TOKENS), default=128,
+                        help="default: %(default)s (the paper's)")
     parser.add_argument("--json", default=None, metavar="OUT",
                         help="write every answer and the summary here; samples already in it are skipped (resume)")
     parser.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy and kept-row distribution plot")
     cli.add_threads_arg(parser, "ONNX Runtime intra-op threads per graph (export folders)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or status line")
     g = parser.add_argument_group("pruning (checkpoints only; defaults: the paper's FEATHER run)")
     g.add_argument("--criterion", default=None, help=f"one of {', '.join(sorted(CRITERIA))} (default: feather)")
-    g.add_argument("--K", type=int, nargs="+", default=None, metavar="K", help="pruning layers (default: 8 16)")
-    g.add_argument("--ratio", type=float, default=None, help="fraction of image tokens pruned, R (default: 0.7)")
-    g.add_argument("--stride", type=int, default=None, help="uniform grid stride s (default: 3)")
+    g.add_argument("--K", type=cli.int_in(0, 1 << 16), nargs="+", default=None, metavar="K",
+                   help="pruning layers (default: 8 16)")
+    g.add_argument("--ratio", type=cli.finite_float, default=None,
+                   help="fraction of image tokens pruned, R (default: 0.7)")
+    g.add_argument("--stride", type=cli.int_in(1, 1 << 16), default=None, help="uniform grid stride s (default: 3)")
     g.add_argument("--mode", default=None, help=f"one of {', '.join(MODES)} (default: static)")
     g.add_argument("--sweep", default=None, metavar="SPEC",
                    help="several configs, comma-separated criterion[@K[+K2]][:rR][:sS][:paper], "
@@ -66,13 +70,17 @@ def _no_pruning_options(args: argparse.Namespace) -> bool:
 def _body(args: argparse.Namespace) -> int:
     from feather.eval import evaluate, load_samples, open_models, plot, table
     from feather.eval.models import is_export
+    from feather.eval.report import check_plot_path
 
     if is_export(args.target) and not _no_pruning_options(args):
         raise ConfigError(f"{args.target}: an export folder runs the criterion it was exported with; "
                           "--criterion, --K, --ratio, --stride, --mode and --sweep need a checkpoint")
     chosen = None if is_export(args.target) else configs(args)
+    if args.plot is not None:
+        check_plot_path(args.plot)  # before the evaluation, not after it
     samples = load_samples(args.data, limit=args.limit, split=args.split)
-    models = open_models(args.target, chosen, threads=args.threads)
+    with cli.status(f"loading {cli.shown(args.target)}", quiet=args.no_progress):
+        models = open_models(args.target, chosen, threads=args.threads)
     report = evaluate(models, samples, max_new_tokens=args.max_new_tokens, json_out=args.json,
                       progress=not args.no_progress, data=str(Path(args.data).resolve()))
     print(table(report))

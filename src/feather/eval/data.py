@@ -1,21 +1,24 @@
 """Referring-expression data: one JSON object a line, ``{"image", "expression", "bbox"}``.
 
 ``bbox`` is ``[x, y, w, h]`` in the original image's pixels (COCO convention); ``image`` is
-a path, relative paths resolving from the JSONL file's folder and required to stay inside
-it; ``split`` is optional. Every malformed line fails with ``InputError`` naming the file
-and line.
+a relative path resolving inside the JSONL file's folder (``feather.jsonread.path_inside``:
+absolute paths and ``..`` out of it are refused); ``split`` is optional. Lines are parsed by
+``feather.jsonread.loads`` (at most 1 MiB and 64 levels of nesting each). Every malformed
+line fails with ``InputError`` naming the file and line.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from feather import jsonread
 from feather.errors import InputError
 from feather.prompt import LOCALIZATION_PROMPT as PROMPT
+
+MAX_LINE_BYTES = 1 << 20  # a referring expression line is ~200 bytes
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,10 @@ def load_samples(path: str | os.PathLike, limit: int | None = None, split: str |
     root = path.resolve().parent
     samples: list[Sample] = []
     with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+        # a line is read up to the bound, so one huge line costs 1 MiB, not the file's size
+        for number, text in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), ""), start=1):
+            if len(text) > MAX_LINE_BYTES:
+                raise InputError(f"{path}:{number}: line longer than {MAX_LINE_BYTES} characters")
             if not text.strip():
                 continue
             sample = _parse_line(f"{path}:{number}", number, text, root)
@@ -62,10 +68,7 @@ def load_samples(path: str | os.PathLike, limit: int | None = None, split: str |
 
 
 def _parse_line(where: str, number: int, text: str, root: Path) -> Sample:
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{where}: not JSON ({err.msg})") from None
+    row = jsonread.loads(text.rstrip("\r\n"), where, max_bytes=MAX_LINE_BYTES)
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for key in ("image", "expression", "bbox"):
@@ -76,19 +79,8 @@ def _parse_line(where: str, number: int, text: str, root: Path) -> Sample:
     split = row.get("split")
     if split is not None and not isinstance(split, str):
         raise InputError(f"{where}: split: expected a string, got {type(split).__name__}")
-    return Sample(number, _image_path(where, row["image"], root), row["expression"], _bbox(where, row["bbox"]), split)
-
-
-def _image_path(where: str, value, root: Path) -> Path:
-    if not isinstance(value, str) or not value:
-        raise InputError(f"{where}: image: expected a path string")
-    path = Path(value)
-    if path.is_absolute():
-        return path
-    resolved = (root / path).resolve()
-    if not resolved.is_relative_to(root):
-        raise InputError(f"{where}: image {value!r} leaves the JSONL's folder {root}; use a path inside it")
-    return resolved
+    image = jsonread.path_inside(where, row["image"], root)
+    return Sample(number, image, row["expression"], _bbox(where, row["bbox"]), split)
 
 
 def _bbox(where: str, value) -> tuple[float, float, float, float]:

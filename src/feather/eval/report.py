@@ -37,10 +37,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def plot(report: dict, out_path: str | os.PathLike) -> Path:
-    """Two panels: Acc@0.5 per run, and each run's first-stage kept tokens per image row
-    (top row left) against the uniform share 1/G: Finding 2's bottom-row bias shows as a rise
-    on the right."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -48,11 +45,40 @@ def plot(report: dict, out_path: str | os.PathLike) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("--plot needs matplotlib (pip install 'feather-vlm[bench]')") from None
+    return plt
+
+
+def check_plot_path(out_path: str | os.PathLike) -> Path:
+    """``out_path`` if a plot can be written there: not a folder, in an existing folder, and
+    named with a format matplotlib writes (.png, .pdf, .svg, ...); else one ``OutputError``
+    line (matplotlib would add ``.png`` to ``--plot DIR`` and write beside it)."""
+    from feather.text import shown
+
+    out = Path(out_path)
+    formats = _pyplot().figure().canvas.get_supported_filetypes()
+    _pyplot().close("all")
+    if not str(out_path) or out.is_dir():
+        raise OutputError(f"--plot {shown(out)}: is a folder; expected an image file name such as plot.png")
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise OutputError(f"--plot {shown(out)}: expected a file name ending in one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
+    if not out.resolve().parent.is_dir():
+        raise OutputError(f"--plot {shown(out)}: folder {shown(out.resolve().parent)} does not exist")
+    return out
+
+
+def plot(report: dict, out_path: str | os.PathLike) -> Path:
+    """Two panels: Acc@0.5 per run, and each run's first-stage kept tokens per image row
+    (top row left) against the uniform share 1/G: Finding 2's bottom-row bias shows as a rise
+    on the right."""
+    plt = _pyplot()
+    out = check_plot_path(out_path)
     names = list(report["runs"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     left.barh(names, [100 * report["runs"][n]["summary"]["acc@0.5"] for n in names])
     left.invert_yaxis()
     left.set_xlabel("Acc@0.5 (%)")
+    left.set_xlim(0, 100)  # a fixed axis: all-zero scores still show as 0 %, not an empty scale
     for name in names:
         stages = report["runs"][name]["summary"].get("stages", [])
         if stages:
@@ -64,7 +90,6 @@ def plot(report: dict, out_path: str | os.PathLike) -> Path:
     right.set_ylabel("kept tokens in the row (%)")
     right.legend(fontsize="small")
     fig.tight_layout()
-    out = Path(out_path)
     try:
         fig.savefig(out)
     except (OSError, ValueError) as err:

@@ -21,7 +21,7 @@ from pathlib import Path
 from feather.config import PruneConfig
 from feather.errors import ConfigError, FeatherError, ModelError
 from feather.export import onnx_io, validate
-from feather.export.chain import SegmentPlan, plan_segments
+from feather.export.chain import ExportPlan, SegmentPlan, plan_segments
 from feather.export.progress import Steps
 from feather.folder import check_output, staged_output
 from feather.hf import checkpoint as model_mod
@@ -58,54 +58,47 @@ def export(
     check_options(precision, max_seq, opset, max_graph_layers, target)
     out = check_output(output, overwrite, model)
     dtype = model_mod.torch_dtype(precision)
-    tiles = _tiles(model_mod.load_config(model), image_size)  # refused before the weights load
+    tiles = model_mod.frame_tiles(model_mod.load_config(model), image_size)  # refused before the weights load
     llava, processor = _load(model, dtype)
-    geom = model_mod.geometry(llava.config, tiles)
-    config.check_layers(geom.num_layers)
-    check_max_seq(max_seq, geom.n_image, llava.config)
-    plans = plan_segments(config, geom.num_layers, geom.n_image, geom.grid, max_graph_layers)
-    if tiles is not None:
-        plans = _tiled_plans(plans, config, geom, tiles)
+    plan = make_plan(model, config, llava.config, tiles, max_graph_layers, precision=precision, opset=opset,
+                     max_seq=max_seq, target=target)
     with staged_output(out, overwrite, model) as tmp:  # feather.folder: parents, leftovers, swap, clean-up
-        _write_graphs(llava, geom, plans, tmp, precision, opset, quiet, target, tiles)
-        _write_manifest(tmp, model, llava, processor, config, geom, plans, precision, opset, max_seq, target, tiles)
+        _write_graphs(llava, plan, tmp, quiet)
+        _write_manifest(tmp, plan, llava, processor)
+        _loads_as_feather_run_would(tmp)
     return out
 
 
-def _tiles(config, image_size):
-    """The NeXT tiling for ``image_size`` (None for a square-grid LLaVA); one line for a misuse."""
-    if not model_mod.is_next(config):
-        if image_size is not None:
-            raise ConfigError("image_size: only LLaVA-NeXT checkpoints take a frame size (their tiles depend "
-                              "on it); this checkpoint resizes every image to one square")
-        return None
-    if image_size is None:
-        raise ConfigError("image_size: a LLaVA-NeXT export is for one frame size (its tile layout fixes the "
-                          "token counts); pass --image-size WIDTHxHEIGHT, your camera's resolution")
-    return model_mod.tiles(config, image_size)
+def _loads_as_feather_run_would(folder: Path) -> None:
+    """The new folder read back as ``feather-run`` reads it (the manifest's checks, its files'
+    hashes, the prompt spec against tokenizer.json) before it is moved into place."""
+    from feather.manifest import load_manifest
+    from feather.runtime.preprocess import PromptEncoder
+
+    try:
+        m = load_manifest(folder)
+        PromptEncoder(folder / m.tokenizer, m.prompt, m.max_seq)
+    except FeatherError as err:
+        raise ModelError(f"export: the folder written would not load ({' '.join(str(err).split())}); "
+                         "nothing was written") from None
 
 
-def _tiled_plans(plans: list[SegmentPlan], config: PruneConfig, geom, tiles) -> list[SegmentPlan]:
-    """Segment token counts on the NeXT layout: kept tokens (``feather.layout``) + the newlines."""
-    import dataclasses
-
-    from feather import layout
-
-    lay = layout.tiled(geom.grid, tiles.features[0], tiles.features[1], config.stride)
-    layers = [s.layer for s in config.stages]
-    counts = dict(zip(layers, lay.static_counts([s.impl for s in config.stages], config.params)))
-    out, n = [], geom.n_image
-    for p in plans:
-        if p.stage is not None:
-            n = counts[p.start] + lay.newlines
-        out.append(p if p.n_image_in is None else dataclasses.replace(p, n_image_in=n))
-    return out
+def make_plan(model: str, config: PruneConfig, hf_config, tiles, max_graph_layers: int | None = None,
+              **options) -> ExportPlan:
+    """The ``ExportPlan`` of ``model`` (its HF config) under ``config``: geometry, image layout,
+    segments and keep counts; ``options`` are precision, opset, max_seq and target."""
+    geom = model_mod.geometry(hf_config, tiles)
+    config.check_layers(geom.num_layers)
+    check_max_seq(options.get("max_seq", 2048), geom.n_image, hf_config)
+    lay = model_mod.layout_for(hf_config, tiles, config.stride)
+    segments, keep = plan_segments(config, lay, geom.num_layers, max_graph_layers)
+    return ExportPlan(model, config, geom, lay, tiles, tuple(segments), tuple(keep), **options)
 
 
-def _write_manifest(folder: Path, model: str, llava, processor, *args) -> None:
+def _write_manifest(folder: Path, plan: ExportPlan, llava, processor) -> None:
     from feather.export import manifest_build  # imports torch: only once a model is loaded
 
-    manifest_build.write(folder, model, llava, processor, *args)
+    manifest_build.write(folder, plan, llava, processor)
 
 
 def _load(model: str, dtype):
@@ -159,25 +152,24 @@ def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: in
 
 
 
-def _write_graphs(llava, geom, plans: list[SegmentPlan], folder: Path, precision, opset, quiet,
-                  target: str = "portable", tiles=None) -> None:
+def _write_graphs(llava, plan: ExportPlan, folder: Path, quiet: bool) -> None:
     """Export, check and validate every graph, one at a time; raise all mismatches at once."""
     from feather.export import segments as seg_mod
 
     dtype = next(llava.parameters()).dtype
-    jobs = [("vision.onnx", lambda: _vision_job(llava, dtype, tiles)), ("embed.onnx", lambda: _embed_job(llava))]
-    for plan in plans:
-        jobs.append((plan.file, lambda p=plan: _segment_job(llava, geom, p, dtype, seg_mod)))
+    jobs = [("vision.onnx", lambda: _vision_job(llava, dtype, plan.tiles)), ("embed.onnx", lambda: _embed_job(llava))]
+    for seg in plan.segments:
+        jobs.append((seg.file, lambda p=seg: _segment_job(llava, plan.geom, p, dtype, seg_mod)))
     failures: list[str] = []
     with Steps(len(jobs), quiet) as steps:
         for name, make in jobs:
             module, trace, cases = make()
             path = folder / name
             steps.step(f"export {name}")
-            _export_one(module, trace, path, opset)
-            onnx_io.check_graph(path, target)
+            _export_one(module, trace, path, plan.opset)
+            onnx_io.check_graph(path, plan.target)
             steps.step(f"validate {name}")
-            failures += validate.compare(module, path, cases, precision)
+            failures += validate.compare(module, path, cases, plan.precision)
             del module, trace, cases
             gc.collect()
             steps.done()

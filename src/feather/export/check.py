@@ -14,7 +14,7 @@ from feather.errors import ConfigError, ManifestError, ModelError
 from feather.export import api, validate
 from feather.export.chain import SegmentPlan
 from feather.hf import checkpoint as model_mod
-from feather.manifest import GraphSpec, Manifest, load_manifest
+from feather.manifest import GraphSpec, Manifest, graphs, load_manifest
 
 
 def validate_folder(folder: str | Path, model: str | None = None,
@@ -90,7 +90,7 @@ def _plan(manifest: Manifest, index: int, spec: GraphSpec) -> SegmentPlan:
     ranks by attention, with that stage's RoPE flag."""
     start, end = spec.layers
     score_rope = None
-    if "score" in spec.outputs:
+    if graphs.SCORE in spec.outputs:
         stages = [s for s in manifest.pruning.stages if s.layer == end]
         if not stages:
             raise ManifestError(f"feather.json: segments[{index}].outputs.score: no pruning stage at layer {end}")

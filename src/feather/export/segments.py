@@ -1,6 +1,7 @@
 """The graphs of the chain, as small ``nn.Module``s over the HF model's own submodules.
 
-Each module declares its ONNX input/output names and dynamic axes. Decoder segments
+Each module declares its ONNX input/output names and dynamic axes, taken from the graph I/O
+contract (``feather.manifest.graphs``), which the manifest records too. Decoder segments
 reimplement only the attention wiring (explicit past/present KV, a causal mask offset by
 the past length) and reuse every weight-bearing submodule (norms, projections, MLP,
 rotary embedding) from the HF layer; export validation compares them with the reference.
@@ -24,12 +25,12 @@ import torch
 from torch import nn
 
 from feather.hf.layers import apply_rope, score_logits, split_heads
-from feather.manifest import SEGMENT_INPUTS
+from feather.manifest import AxisRange, graphs
 
 EXP_FLOOR = -60.0  # softmax exponents below it are raised to it: e^-60 = 8.8e-27, no denormal weights
 
-KV_NAMES = {"cache_key": "cache.%d.key", "cache_value": "cache.%d.value",
-            "new_key": "new.%d.key", "new_value": "new.%d.value"}
+_STATIC = graphs.vision_spec("vision.onnx", "float32")  # the tensor names and axes only
+_EMBED = graphs.embed_spec("embed.onnx", AxisRange(1, 1, 1), "float32")
 
 
 class VisionGraph(nn.Module):
@@ -37,9 +38,9 @@ class VisionGraph(nn.Module):
     token, ``full`` keeps every token (SigLIP has no CLS); either way the output is the G x G
     patches (``feather.hf.checkpoint`` refuses any other combination)."""
 
-    input_names = ["pixel_values"]
-    output_names = ["image_features"]
-    dynamic_axes: dict = {}
+    input_names = graphs.input_names(_STATIC)
+    output_names = graphs.output_names(_STATIC)
+    dynamic_axes = graphs.dynamic_axes(_STATIC)
 
     def __init__(self, llava):
         super().__init__()
@@ -66,9 +67,9 @@ class NextVisionGraph(nn.Module):
         image_features = concat(base, tiles)                           -> [1, N, d]
     """
 
-    input_names = ["pixel_values"]
-    output_names = ["image_features"]
-    dynamic_axes: dict = {}
+    input_names = graphs.input_names(_STATIC)
+    output_names = graphs.output_names(_STATIC)
+    dynamic_axes = graphs.dynamic_axes(_STATIC)
 
     def __init__(self, llava, tiles):
         super().__init__()
@@ -95,9 +96,9 @@ class NextVisionGraph(nn.Module):
 class EmbedGraph(nn.Module):
     """Token embeddings; the runtime splices the image features into the image span."""
 
-    input_names = ["input_ids"]
-    output_names = ["embeds"]
-    dynamic_axes = {"input_ids": {1: "seq"}, "embeds": {1: "seq"}}
+    input_names = graphs.input_names(_EMBED)
+    output_names = graphs.output_names(_EMBED)
+    dynamic_axes = graphs.dynamic_axes(_EMBED)
 
     def __init__(self, llava):
         super().__init__()
@@ -120,27 +121,10 @@ class DecoderSegment(nn.Module):
         self.rotary = lm.rotary_emb
         self.norm = lm.norm if final else None
         self.lm_head = llava.lm_head if final else None
-        self.input_names = list(SEGMENT_INPUTS) + self._kv("cache")  # forward()'s order
-        self.output_names = (["logits"] if final else ["hidden_out"]) + self._kv("new")
-        if score_rope is not None:
-            self.output_names.append("score")
-        self.dynamic_axes = self._axes()
-
-    def _kv(self, kind: str) -> list[str]:
-        names = []
-        for i in range(self.start, self.end):
-            names += [KV_NAMES[f"{kind}_key"] % i, KV_NAMES[f"{kind}_value"] % i]
-        return names
-
-    def _axes(self) -> dict:
-        axes = {"hidden": {1: "seq_in"}, "keep_index": {0: "seq"}, "position_ids": {1: "seq"}}
-        axes.update({n: {2: "cache"} for n in self._kv("cache")})
-        axes.update({n: {2: "seq"} for n in self._kv("new")})
-        if not self.final:
-            axes["hidden_out"] = {1: "seq"}
-        if self.score_rope is not None:
-            axes["score"] = {2: "seq"}
-        return axes
+        spec = graphs.segment_spec("", (start, end), final, score_rope is not None, AxisRange(1, 1, 1), "float32")
+        self.input_names = graphs.input_names(spec)  # forward()'s order
+        self.output_names = graphs.output_names(spec)
+        self.dynamic_axes = graphs.dynamic_axes(spec)
 
     def forward(self, hidden, keep_index, position_ids, past_len, *cache):
         h = hidden.index_select(1, keep_index)  # [1, S, d]: the kept tokens, original order

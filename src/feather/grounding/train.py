@@ -92,8 +92,10 @@ def cell_accuracy(model, tok, rng, n: int = 64) -> float:
     return float(((pred == gold) | ~mask).all(-1).float().mean())
 
 
-def train(minutes: float, layers: int, lr: float, bsz: int, log=print, init: str | None = None, seed: int = SEED):
-    """Train for ``minutes`` of wall time (cosine schedule over it); ``init``: continue from a saved model."""
+def train(minutes: float, layers: int, lr: float, bsz: int, log=print, init: str | None = None, seed: int = SEED,
+          progress=None):
+    """Train for ``minutes`` of wall time (cosine schedule over it); ``init``: continue from a saved model.
+    ``progress(elapsed_s, budget_s, text)`` is called after every step."""
     import torch
 
     torch.set_num_threads(1)
@@ -120,6 +122,8 @@ def train(minutes: float, layers: int, lr: float, bsz: int, log=print, init: str
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step, seen = step + 1, seen + bsz
+        if progress is not None:
+            progress(time.monotonic() - t0, budget, f"step {step} loss {loss.item():.3f}")
         if step % 50 == 0:
             model.eval()
             acc = cell_accuracy(model, tok, eval_rng)
@@ -128,21 +132,73 @@ def train(minutes: float, layers: int, lr: float, bsz: int, log=print, init: str
     return model, tok
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feather.grounding.train")
-    parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--layers", type=int, default=18)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch", type=int, default=32)
+def build_parser() -> argparse.ArgumentParser:
+    from feather import cli
+
+    parser = cli.ArgumentParser(prog="python -m feather.grounding.train")
+    parser.add_argument("--minutes", type=cli.finite_float, default=10)
+    parser.add_argument("--layers", type=cli.int_in(1, 64), default=18)
+    parser.add_argument("--lr", type=cli.finite_float, default=2e-3)
+    parser.add_argument("--batch", type=cli.int_in(1, 4096), default=32)
     parser.add_argument("--output", default=None)
     parser.add_argument("--init", default=None, help="continue from this saved model")
-    parser.add_argument("--seed", type=int, default=SEED, help="data stream seed")
-    args = parser.parse_args(argv)
-    model, tok = train(args.minutes, args.layers, args.lr, args.batch, log=lambda s: print(s, flush=True),
-                       init=args.init, seed=args.seed)
+    parser.add_argument("--seed", type=cli.int_in(0, 2**63 - 1), default=SEED, help="data stream seed")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
+    return parser
+
+
+def _body(args: argparse.Namespace) -> int:
+    from feather.errors import ConfigError
+
+    if not 0 < args.minutes <= 7 * 24 * 60 or not 0 < args.lr < 1:
+        raise ConfigError(f"--minutes {args.minutes} / --lr {args.lr}: expected minutes in (0, 10080] and lr in (0, 1)")
+    with _Bar(args.quiet) as bar:
+        model, tok = train(args.minutes, args.layers, args.lr, args.batch, log=bar.log, init=args.init,
+                           seed=args.seed, progress=bar.update)
     if args.output:
         save(model, tok, args.output)
     return 0
+
+
+class _Bar:
+    """The trainer's progress on stderr: a rich bar over the time budget (the loss of the last
+    step), the periodic accuracy lines above it; only the lines with ``quiet``."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self._progress = quiet, None
+
+    def __enter__(self) -> _Bar:
+        if not self.quiet:
+            import sys
+
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), TimeElapsedColumn(),
+                                      console=Console(file=sys.stderr))
+            self._progress.__enter__()
+            self._task = self._progress.add_task("loading torch", total=1.0)
+        return self
+
+    def update(self, elapsed: float, budget: float, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=min(elapsed / budget, 1.0), description=text)
+
+    def log(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(line, highlight=False)
+        else:
+            print(line, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+
+def main(argv=None) -> int:
+    from feather import cli
+
+    return cli.run(_body, build_parser(), argv)
 
 
 def processor(tok):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import os
 
-from feather.errors import ModelError
+from feather import layout
+from feather.errors import ConfigError, ModelError
+from feather.hf.validate import check_config, from_pretrained
+from feather.layout import Layout
 from feather.manifest import PRECISION_DTYPE, Dims
 from feather.text import first_line
 
@@ -32,19 +35,18 @@ def resolve(model: str) -> str:
 
 def load_config(model: str):
     """The checkpoint's ``LlavaConfig``, or a one-line ``ModelError`` saying why not."""
-    from transformers import AutoConfig
-
     path = resolve(model)
     looks_local = model.startswith((".", "/", "~")) or os.path.exists(model)  # HF ids are "org/name"
     if looks_local and not os.path.isdir(path):
         raise ModelError(f"{model}: no such checkpoint folder")
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = from_pretrained(model, path)  # feather.hf.validate: transformers' own checks in one line
     except (OSError, ValueError) as err:
         raise ModelError(
             f"{model}: cannot load the checkpoint ({first_line(err)}); offline, use --model tiny or a local folder"
         ) from None
     _check_supported(model, config)
+    check_config(model, config)  # absurd numbers refused before any weight is allocated
     return config
 
 
@@ -102,7 +104,7 @@ def load(model: str, dtype=None):
     config = load_config(model)
     path = resolve(model)
     cls = getattr(transformers, MODEL_CLASSES[config.model_type])
-    net = cls.from_pretrained(path, dtype=dtype or torch.float32).eval()
+    net = cls.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True).eval()  # never pickle
     try:
         processor = AutoProcessor.from_pretrained(path)
         _use_pil_backend(processor, path)
@@ -125,6 +127,28 @@ def _use_pil_backend(processor, path: str) -> None:
 def is_next(config) -> bool:
     """A LLaVA-NeXT checkpoint (tiled images; exports need a frame size)."""
     return config.model_type == "llava_next"
+
+
+def frame_tiles(config, image_size: tuple[int, int] | None):
+    """The NeXT tiling an export for frames of ``image_size`` ``(width, height)`` uses (None for a
+    square-grid LLaVA); ``ConfigError`` in one line for a size a NeXT checkpoint lacks or another
+    checkpoint was given (checked from the config, before any weight loads)."""
+    if not is_next(config):
+        if image_size is not None:
+            raise ConfigError("image_size: only LLaVA-NeXT checkpoints take a frame size (their tiles depend "
+                              "on it); this checkpoint resizes every image to one square")
+        return None
+    if image_size is None:
+        raise ConfigError("image_size: a LLaVA-NeXT export is for one frame size (its tile layout fixes the "
+                          "token counts); pass --image-size WIDTHxHEIGHT, your camera's resolution")
+    return tiles(config, image_size)
+
+
+def layout_for(config, tile_spec, stride: int) -> Layout:
+    """Where the image tokens sit and which a stage may prune: the G x G grid, or LLaVA-NeXT's
+    base + tiles + newlines for ``tile_spec`` (``frame_tiles`` / ``tiles``)."""
+    v = config.vision_config
+    return layout.for_tiles(v.image_size // v.patch_size, tile_spec, stride)
 
 
 def tiles(config, frame: tuple[int, int]):

@@ -13,9 +13,9 @@ import enum
 from PIL import Image
 
 from feather.errors import ModelError
+from feather.image import RESAMPLE
 from feather.manifest import ImageSpec, PromptSpec
 from feather.prompt import template_from_processor
-from feather.runtime.preprocess import RESAMPLE
 
 SUPPORTED_IMAGE_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor")
 """Base names (``Pil`` / ``Fast`` suffix dropped) whose pipeline is resize, crop, rescale, normalize."""

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
 
-from feather import rules
-from feather.jsoncodec import fail, join_path
+from feather import layout, rules
+from feather.jsoncodec import fail, from_json, join_path
+from feather.manifest.graphs import ROLES, SEGMENT
+from feather.manifest.names import BAD_NAME, plain_name
 from feather.manifest.schema import (
     BOUNDS,
     DTYPES,
     MAX_IMAGE_SIDE,
     PRECISIONS,
-    ROLES,
     SCHEMA_VERSION,
     TARGETS,
     GraphSpec,
@@ -29,7 +30,15 @@ from feather.manifest.schema import (
     Manifest,
 )
 
-BAD_NAME = "is not a plain relative name inside the export folder (no '..', no absolute path)"
+
+def parse(data: Any) -> Manifest:
+    """Decode and check a parsed ``feather.json`` (JSON types); raises ``ManifestError``."""
+    # before decoding: another schema may have keys this version calls unknown
+    if type(data) is dict and type(data.get("schema_version")) is int:
+        check_version(data["schema_version"])
+    manifest = from_json(Manifest, data)
+    check_manifest(manifest)
+    return manifest
 
 
 def check_version(version: int) -> None:
@@ -179,18 +188,17 @@ def _graph(path: str, graph: GraphSpec, max_seq: int) -> None:
     if graph.decode_file is not None:
         _name(f"{path}.decode_file", graph.decode_file)
     _choice(f"{path}.dtype", graph.dtype, DTYPES)
-    kind = "segment" if path.startswith("segments") else path
+    kind = SEGMENT if path.startswith("segments") else path
     allowed_in, allowed_out = ROLES[kind]
     for where, roles, allowed in (("inputs", graph.inputs, allowed_in), ("outputs", graph.outputs, allowed_out)):
         for role in roles:
             if role not in allowed:
                 fail(f"{path}.{where}.{role}", f"unknown role (expected one of {', '.join(sorted(allowed))})")
-    need_in = allowed_in if kind != "segment" else allowed_in
-    for role in sorted(need_in - set(graph.inputs)):
+    for role in sorted(allowed_in - set(graph.inputs)):
         fail(f"{path}.inputs.{role}", "missing")
-    if kind == "segment" and len({"hidden", "logits"} & set(graph.outputs)) != 1:
+    if kind == SEGMENT and len({"hidden", "logits"} & set(graph.outputs)) != 1:
         fail(f"{path}.outputs", "expected exactly one of 'hidden' (inner segment) or 'logits' (last segment)")
-    if kind != "segment" and set(allowed_out) - set(graph.outputs):
+    if kind != SEGMENT and set(allowed_out) - set(graph.outputs):
         fail(f"{path}.outputs.{sorted(set(allowed_out) - set(graph.outputs))[0]}", "missing")
     if graph.kv is not None:
         for f in dataclasses.fields(KVNames):
@@ -211,26 +219,26 @@ def _stages(m: Manifest) -> None:
         fail("pruning.stages", f"layers {[s.layer for s in p.stages]} do not match pruning.K = {list(p.K)}")
     params = rules.Params.from_ratio(p.ratio, p.stride, p.mode)
     starts = {seg.layers[0]: i for i, seg in enumerate(m.segments)}
-    n, at = d.n_image, {}
+    at = {}
     for i, stage in enumerate(p.stages):
         where = f"pruning.stages[{i}]"
         if stage.rule not in rules.RULES:
             fail(f"{where}.rule", f"{stage.rule!r} is not one of {', '.join(rules.RULES)}")
-    counts = _tiled_counts(m, params)
-    extra = 0 if m.tiles is None else m.tiles.features[0]  # newline tokens, never pruned
+    lay = layout.for_manifest(m)  # square, or NeXT's tiles (feather.layout): the exporter's counts
+    counts = lay.static_counts([rules.RULES[s.rule] for s in p.stages], params)
     for i, stage in enumerate(p.stages):
         where = f"pruning.stages[{i}]"
         rule = rules.RULES[stage.rule]
         if stage.rope != rule.rope:
             fail(f"{where}.rope", f"{stage.rope}, but rule {rule.name} {'applies' if rule.rope else 'has no'} RoPE")
-        n = rule.keep(n, d.grid, params) if counts is None else counts[i]
+        n = counts[i]
         if stage.keep != n:
             fail(f"{where}.keep", f"{stage.keep}, but rule {rule.name} keeps {n} here")
         if stage.layer not in starts:
             fail(f"{where}.layer", f"{stage.layer} is not where a segment starts (segments start at {sorted(starts)})")
         if rule.needs_score and stage.layer == 0:
             fail(f"{where}.layer", f"0, but rule {rule.name} ranks by layer K-1's attention (K >= 1)")
-        at[stage.layer] = (rule, n + extra)  # a segment holds the kept tokens and the newlines
+        at[stage.layer] = (rule, n + lay.newlines)  # a segment holds the kept tokens and the newlines
     n_in = d.n_image
     for i, seg in enumerate(m.segments):
         start, end = seg.layers
@@ -242,15 +250,6 @@ def _stages(m: Manifest) -> None:
             fail(f"segments[{i}].outputs", f"{what}{'' if wants else ' but no stage at its end ranks by it'}")
         if seg.n_image_in is not None and seg.n_image_in != n_in:
             fail(f"segments[{i}].n_image_in", f"{seg.n_image_in}, expected {n_in} from the stages before it")
-
-
-def _tiled_counts(m: Manifest, params) -> list[int] | None:
-    """Static keep counts on a NeXT layout (``feather.layout``); None for a square grid."""
-    if m.tiles is None:
-        return None
-    from feather import layout
-
-    return layout.for_manifest(m).static_counts([rules.RULES[s.rule] for s in m.pruning.stages], params)
 
 
 ENGINE_FOLDER = "engines"
@@ -286,12 +285,6 @@ def _profile_shapes(path: str, shapes: list[list[int]]) -> None:
     for lo, opt, hi in zip(*shapes):
         if not 0 <= lo <= opt <= hi <= MAX_PROFILE_DIM:
             fail(path, f"dims {lo}, {opt}, {hi}: expected 0 <= min <= opt <= max <= {MAX_PROFILE_DIM}")
-
-
-def plain_name(name: str) -> bool:
-    parts, windows = PurePosixPath(name).parts, PureWindowsPath(name)
-    absolute = name.startswith("/") or bool(windows.drive or windows.root)
-    return bool(parts) and ".." not in parts and "\\" not in name and not absolute and "\0" not in name
 
 
 def _name(path: str, name: str) -> None:

@@ -16,9 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from feather import jsonread
 from feather.errors import ManifestError
 from feather.folder import TMP_SUFFIX, write_atomic
 from feather.jsoncodec import MANIFEST_NAME
+from feather.manifest.checks import parse
 from feather.manifest.schema import Manifest
 
 _CHUNK = 1 << 20  # sha256 reads 1 MiB at a time
@@ -78,7 +80,7 @@ def save_manifest(manifest: Manifest, folder: str | os.PathLike) -> Path:
         raise ManifestError(f"{folder}: no such folder")
     files = hash_folder(folder)
     data = dataclasses.replace(manifest, files=files).to_json()
-    Manifest.from_json(data)
+    parse(data)
     target = folder / MANIFEST_NAME
     write_atomic(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     manifest.files = files
@@ -93,7 +95,7 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     linked file.
     """
     folder = Path(folder)
-    manifest = Manifest.from_json(_read_json(folder))
+    manifest = parse(_read_json(folder))
     if verify:
         verify_files(manifest, folder)
     return manifest
@@ -106,16 +108,8 @@ def _read_json(folder: Path) -> Any:
     if path.is_symlink() or not path.is_file():
         why = "is a symbolic link" if path.is_symlink() else "missing"
         raise ManifestError(f"{folder} is not a feather export: {MANIFEST_NAME} {why}")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path}: {path.stat().st_size} bytes, expected at most {MAX_MANIFEST_BYTES}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except RecursionError:
-        raise ManifestError(f"{path}: JSON nested too deeply") from None
+    text = jsonread.read_file(path, max_bytes=MAX_MANIFEST_BYTES, error=ManifestError)
+    return jsonread.loads(text, str(path), max_bytes=MAX_MANIFEST_BYTES, error=ManifestError, allow_nan=True)
 
 
 def verify_files(manifest: Manifest, folder: str | os.PathLike) -> None:

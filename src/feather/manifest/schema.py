@@ -3,7 +3,9 @@
 Each section is a dataclass decoded by the type-hint-driven codec in ``feather.jsoncodec``,
 so an unknown key, missing key or wrong type fails with its JSON path
 (``feather.json: segments[1].inputs.hidden: expected str, got int``); what types cannot say
-(consistency, bounds) is checked by ``feather.manifest.checks`` at load time.
+(consistency, bounds) is checked by ``feather.manifest.checks`` at load time: decode and check
+with ``feather.manifest.parse(data)``. This module holds only the dataclasses and the option tables
+(it imports no other manifest module but ``names``); the graph I/O roles are in ``graphs``.
 
 Schema 2 (feather-vlm 0.2): decoder segments read a KV cache buffer of fixed capacity plus
 ``past_len`` and return only the new rows (``kv.cache_*`` / ``kv.new_*``); the manifest
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from feather.errors import ManifestError
-from feather.jsoncodec import from_json, to_json
+from feather.jsoncodec import to_json
+from feather.manifest.names import BAD_NAME, plain_name
 
 SCHEMA_VERSION = 2
 
@@ -47,16 +50,6 @@ exporter's options take the same ones (``feather-export --max-seq``), so a value
 would refuse is refused before any graph is exported."""
 MAX_IMAGE_SIDE = 4096
 """Largest image side in pixels (crop, shortest edge, LLaVA-NeXT frames and tiles)."""
-SEGMENT_INPUTS = ("hidden", "keep_index", "position_ids", "past_len")
-"""A decoder segment's input roles, in graph input order (the exporter names the tensors after them)."""
-ROLES = {
-    "vision": (frozenset({"pixel_values"}), frozenset({"image_features"})),
-    "embed": (frozenset({"input_ids"}), frozenset({"embeds"})),
-    "segment": (frozenset(SEGMENT_INPUTS), frozenset({"hidden", "logits", "score"})),
-}
-"""Input and output roles each kind of graph may name (segments: ``hidden`` or ``logits`` out)."""
-
-
 @dataclass
 class Source:
     """The checkpoint the export came from (for provenance; the runtime never loads it)."""
@@ -187,7 +180,7 @@ class GraphSpec:
     """One ONNX graph: file, tensor names, dynamic axes; segments add layers [start, end) and KV."""
 
     file: str
-    inputs: dict[str, str]  # role -> tensor name (roles: see ROLES above)
+    inputs: dict[str, str]  # role -> tensor name (roles: feather.manifest.graphs.ROLES)
     outputs: dict[str, str]
     axes: dict[str, AxisRange] = field(default_factory=dict)
     layers: list[int] | None = None
@@ -257,27 +250,9 @@ class Manifest:
     engines: list[EngineSpec] = field(default_factory=list)  # written by feather-build
     tiles: TileSpec | None = None  # LLaVA-NeXT exports only
 
-    @classmethod
-    def from_json(cls, data: Any) -> Manifest:
-        """Decode and validate a parsed ``feather.json``; raises ``ManifestError``."""
-        from feather.manifest import checks
-
-        # before decoding: another schema may have keys this version calls unknown
-        if type(data) is dict and type(data.get("schema_version")) is int:
-            checks.check_version(data["schema_version"])
-        manifest = from_json(cls, data)  # the module-level codec
-        manifest.validate()
-        return manifest
-
     def to_json(self) -> dict[str, Any]:
-        """The manifest as a JSON-ready dict (field order kept)."""
+        """The manifest as a JSON-ready dict (field order kept); ``feather.manifest.parse`` reads it back."""
         return to_json(self)  # the module-level codec
-
-    def validate(self) -> None:
-        """Check what types cannot (``feather.manifest.checks``); raises ``ManifestError``."""
-        from feather.manifest import checks
-
-        checks.check_manifest(self)
 
     def graph_files(self) -> list[tuple[str, str]]:
         """(JSON path, file) of every graph file the runtime opens, decode variants included."""
@@ -302,8 +277,6 @@ class Manifest:
 
     def path(self, folder: str | os.PathLike, name: str) -> Path:
         """``folder / name`` for a file named in the manifest; refuses '..' and absolute names."""
-        from feather.manifest.checks import BAD_NAME, plain_name
-
         if not plain_name(name):
             raise ManifestError(f"{name!r} {BAD_NAME}")
         return Path(folder) / name

@@ -43,6 +43,25 @@ class _State:
     next_pos: int
 
 
+def user_text_as_text(processor, as_text, template: str, prompt: str, enc):
+    """``enc`` (the processor's output) with the user's text tokenized as text, as the runtime
+    does (``feather.prompt.encode_turn``; ``as_text`` as there): the processor reads ``</s>``
+    typed in a prompt as the control id. A prompt without special-token strings keeps the
+    processor's own ids."""
+    tokenizer = processor.tokenizer
+    specials = [t.content for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values() if t.special]
+    if not any(s in prompt for s in specials):
+        return enc
+    image_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+    n_image = int((enc["input_ids"][0] == image_id).sum())
+    ids = prompt_mod.encode_turn(tokenizer.backend_tokenizer, as_text, template, prompt, processor.image_token,
+                                 n_image, add_special_tokens=True)
+    if ids != enc["input_ids"][0].tolist():
+        enc["input_ids"] = torch.tensor([ids], dtype=enc["input_ids"].dtype)
+        enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+    return enc
+
+
 class Reference:
     """FEATHER on one HF ``LlavaForConditionalGeneration`` (batch 1)."""
 
@@ -52,6 +71,7 @@ class Reference:
         self.geom = model_mod.geometry(model.config)
         config.check_layers(self.geom.num_layers)
         self.template = prompt_mod.template_from_processor(processor)
+        self._as_text = None  # prompt_mod.text_tokenizer of the processor's, made on first use
         self._cache_kw = "cache" if "cache" in inspect.signature(self.lm.layers[0].forward).parameters else (
             "past_key_values"
         )
@@ -67,7 +87,13 @@ class Reference:
         from feather.image import load_image
 
         text = prompt_mod.render(self.template, prompt, self.processor.image_token)
-        return self.processor(images=load_image(image), text=text, return_tensors="pt")
+        enc = self.processor(images=load_image(image), text=text, return_tensors="pt")
+        return user_text_as_text(self.processor, self._text_tokenizer, self.template, prompt, enc)
+
+    def _text_tokenizer(self):
+        if self._as_text is None:
+            self._as_text = prompt_mod.text_tokenizer(self.processor.tokenizer.backend_tokenizer)
+        return self._as_text
 
     def inputs(self, image, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids [1, S], pixel_values [1, 3, H, W])`` through the checkpoint's processor
@@ -77,11 +103,11 @@ class Reference:
 
     def layout(self, image_size=None) -> layout_mod.Layout:
         """The image block's layout: the G x G grid, or NeXT's for an image of ``(height, width)``."""
-        if image_size is None or not model_mod.is_next(self.model.config):
-            return layout_mod.square(self.geom.grid)
-        height, width = (int(x) for x in image_size)
-        t = model_mod.tiles(self.model.config, (width, height))
-        return layout_mod.tiled(self.geom.grid, t.features[0], t.features[1], self.config.stride)
+        tiles = None
+        if image_size is not None and model_mod.is_next(self.model.config):
+            height, width = (int(x) for x in image_size)
+            tiles = model_mod.tiles(self.model.config, (width, height))
+        return model_mod.layout_for(self.model.config, tiles, self.config.stride)
 
     @torch.no_grad()
     def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
@@ -138,17 +164,16 @@ class Reference:
 
     def _prune(self, stage, hidden, pos, current, offset, prev, features):
         layout, live = current
-        logits = None
+        score = None
         if stage.needs_score:
             h_in, p_in = prev  # layer K-1's input, the tensor that layer consumed
             cos, sin = self._rope(h_in, p_in)
-            full = score_logits(self.lm.layers[stage.layer - 1], h_in, cos, sin, stage.rope)
-            cols = torch.from_numpy(layout.columns(pos.numpy(), offset, live))
-            logits = full[0][:, cols].float().numpy()  # [H, n]
+            score = score_logits(self.lm.layers[stage.layer - 1], h_in, cos, sin, stage.rope)[0].float().numpy()
         feats = features.float().numpy() if stage.impl.needs_features else None
-        keep_local = layout.select(stage.impl, live, self.config.params, logits, feats, stage.layer)
-        keep = torch.from_numpy(layout.keep_index(pos.numpy(), offset, live[keep_local]))
-        return hidden[:, keep], pos[keep], (layout, live[keep_local])
+        keep, live = layout.apply_stage(stage.impl, live, pos.numpy(), offset, self.config.params, score, feats,
+                                        stage.layer)
+        keep = torch.from_numpy(keep)
+        return hidden[:, keep], pos[keep], (layout, live)
 
     @torch.no_grad()
     def decode_step(self, token: int, state: _State) -> np.ndarray:

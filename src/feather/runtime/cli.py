@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="with --check: checkpoint to compare with (default: manifest's)")
     parser.add_argument("--viz", metavar="OUT.png", default=None,
                         help="draw each stage's kept image tokens over the image into OUT.png")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no timing line on stderr")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no timing or status line on stderr")
     return parser
 
 
@@ -43,9 +43,12 @@ def _check_viz(pipe, args) -> None:
 def _viz(pipe, args, result) -> None:
     if args.viz:
         from feather.overlay import save_overlay
+        from feather.text import shown
 
         m = pipe.manifest
-        save_overlay(args.image, result.stages, m.image, m.dims.grid, m.pruning.criterion, args.viz)
+        path = save_overlay(args.image, result.stages, m.image, m.dims.grid, m.pruning.criterion, args.viz)
+        if not args.quiet:
+            print(f"overlay: {shown(path)}", file=sys.stderr)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -76,6 +79,8 @@ def _body(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_json()), flush=True)
         else:
             print(flush=True)
+            if not args.quiet:
+                print(_timing_line(result.timings), file=sys.stderr)
         return 0
     result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling)
     _viz(pipe, args, result)
@@ -108,9 +113,15 @@ class _Printer:
 
 
 def _check(pipe, args) -> int:
+    import importlib.util
+
     from feather.runtime.check import check
 
-    result, report = check(pipe, args.image, args.prompt, args.max_new_tokens, args.model)
+    for name in ("torch", "transformers"):  # a base install: one line naming the extra, before any status line
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    with cli.status("--check: loading torch and the checkpoint, running the PyTorch reference", args.quiet):
+        result, report = check(pipe, args.image, args.prompt, args.max_new_tokens, args.model)
     if args.json:
         print(json.dumps({**result.to_json(), "check": {**dataclasses.asdict(report), "ok": report.ok}}))
     else:

@@ -16,6 +16,7 @@ its KV caches in its own ``_Run``, so one Pipeline may serve several threads at 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,8 @@ from feather import layout as layout_mod
 from feather import rules
 from feather.errors import InputError, ManifestError
 from feather.manifest import DTYPES as DTYPE_NAMES
-from feather.manifest import SEGMENT_INPUTS, GraphSpec, Manifest, load_manifest
+from feather.manifest import GraphSpec, Manifest, graphs, load_manifest
+from feather.manifest.graphs import EMBEDS, IMAGE_FEATURES, INPUT_IDS, PIXEL_VALUES, SEGMENT_INPUTS
 from feather.runtime import backends
 from feather.runtime.preprocess import PromptEncoder, model_pixel_values
 from feather.sampling import Sampling, next_token
@@ -48,10 +50,11 @@ class Result:
     logits: list[np.ndarray] = field(default_factory=list, repr=False)
     kv_bytes: int = 0
     prompt_tokens: int = 0
+    finish_reason: str = "length"  # "stop" (end-of-sequence), "length" (max_new_tokens), "cancelled"
 
     def to_json(self) -> dict:
         return {"tokens": self.tokens, "text": self.text, "stages": self.stages, "timings": self.timings,
-                "prompt_tokens": self.prompt_tokens, "kv_bytes": self.kv_bytes}
+                "prompt_tokens": self.prompt_tokens, "kv_bytes": self.kv_bytes, "finish_reason": self.finish_reason}
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class _Segment:
     spec: GraphSpec
     session: backends.Session
     dtype: type
-    feeds: dict[str, str]  # role -> input name: hidden, keep_index, position_ids, past_len
+    feeds: list[str]  # input names in graphs.SEGMENT_INPUTS' order: hidden, keep_index, position_ids, past_len
     out: str  # the hidden or logits output
     score: str | None
     cache: list[str]  # cache input names, (key, value) per layer
@@ -79,6 +82,7 @@ class _Run:
     next_pos: int = 0
     stages: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    finish_reason: str = "length"
 
 
 class Pipeline:
@@ -102,6 +106,8 @@ class Pipeline:
         """Read ``folder/feather.json`` (checking every file's sha256 unless ``verify`` is
         False) and open one session per graph on ``backend`` (default: ONNX Runtime with
         ``provider`` cpu, cuda or tensorrt)."""
+        if not isinstance(folder, (str, os.PathLike)) or not str(folder).strip():
+            raise InputError(f"folder: got {folder!r:.40}; expected an export folder's path (str or os.PathLike)")
         folder = Path(folder)
         manifest = load_manifest(folder, verify=verify)
         backend = backend or backends.get(provider, threads)
@@ -156,8 +162,11 @@ class Pipeline:
                 t_decode = time.perf_counter()
             run.timings["tokens"] = n
             last = token in self.eos or n == max_new_tokens
+            run.finish_reason = "stop" if token in self.eos else "length"
             yield token, logits, last
             if last or (cancel is not None and cancel.is_set()):
+                if not last:
+                    run.finish_reason = "cancelled"
                 break
             logits = self.decode_step(token, run)
         run.timings["decode_s"] = time.perf_counter() - t_decode
@@ -180,13 +189,13 @@ class Pipeline:
         t = time.perf_counter()
         pixels = model_pixel_values(image, self.manifest).astype(DTYPES[self.manifest.vision.dtype])  # [T,3,H,W]
         vision = self.manifest.vision
-        out = self.vision.run({vision.inputs["pixel_values"]: pixels}, [vision.outputs["image_features"]])
-        feats = self.backend.to_host(out[vision.outputs["image_features"]])[0]  # [N, d]
+        out = self.vision.run({vision.inputs[PIXEL_VALUES]: pixels}, [vision.outputs[IMAGE_FEATURES]])
+        feats = self.backend.to_host(out[vision.outputs[IMAGE_FEATURES]])[0]  # [N, d]
         run.timings["vision_s"] = time.perf_counter() - t
         t = time.perf_counter()
         embed = self.manifest.embed
-        out = self.embed.run({embed.inputs["input_ids"]: ids[None]}, [embed.outputs["embeds"]])
-        hidden = self.backend.to_host(out[embed.outputs["embeds"]]).copy()  # [1, S, d]
+        out = self.embed.run({embed.inputs[INPUT_IDS]: ids[None]}, [embed.outputs[EMBEDS]])
+        hidden = self.backend.to_host(out[embed.outputs[EMBEDS]]).copy()  # [1, S, d]
         hidden[0, offset : offset + len(feats)] = feats  # splice the image in
         run.timings["embed_s"] = time.perf_counter() - t
         run.next_pos = len(ids)
@@ -202,10 +211,8 @@ class Pipeline:
             keep = np.arange(len(pos), dtype=np.int64)
             if seg.stage is not None:
                 rule, layer = seg.stage
-                logits = None if score is None else score[0][:, lay.columns(pos, offset, live)]  # [H, n]
-                keep_local = lay.select(rule, live, self.params, logits, feats, layer)
-                keep = lay.keep_index(pos, offset, live[keep_local])
-                live = live[keep_local]
+                keep, live = lay.apply_stage(rule, live, pos, offset, self.params, None if score is None else score[0],
+                                             feats, layer)
                 run.stages.append({"layer": layer, "kept": lay.prunable[live].tolist()})
             pos = pos[keep]
             caches = self._allocate(seg, len(keep) + max_new_tokens - 1)
@@ -227,8 +234,8 @@ class Pipeline:
         and returns one new row per layer, written at that segment's live length."""
         embed = self.manifest.embed
         ids = np.array([[token]], dtype=np.int64)  # [1, 1]
-        out = self.embed.run({embed.inputs["input_ids"]: ids}, [embed.outputs["embeds"]])
-        hidden = out[embed.outputs["embeds"]]  # [1, 1, d], stays a backend value between graphs
+        out = self.embed.run({embed.inputs[INPUT_IDS]: ids}, [embed.outputs[EMBEDS]])
+        hidden = out[embed.outputs[EMBEDS]]  # [1, 1, d], stays a backend value between graphs
         keep, pos = np.zeros(1, dtype=np.int64), np.array([run.next_pos], dtype=np.int64)
         for i, seg in enumerate(self.segments):
             out = self._run_segment(seg, hidden, keep, pos, run.lengths[i], run.caches[i], seg.decode)
@@ -242,8 +249,7 @@ class Pipeline:
     def _run_segment(self, seg: _Segment, hidden, keep, pos, past_len: int, caches, session=None) -> dict:
         if isinstance(hidden, np.ndarray) and hidden.dtype != seg.dtype:
             hidden = hidden.astype(seg.dtype)
-        feeds = {seg.feeds["hidden"]: hidden, seg.feeds["keep_index"]: keep,
-                 seg.feeds["position_ids"]: pos[None], seg.feeds["past_len"]: np.array([past_len], dtype=np.int64)}
+        feeds = dict(zip(seg.feeds, (hidden, keep, pos[None], np.array([past_len], dtype=np.int64))))
         feeds.update((name, buf.value) for name, buf in zip(seg.cache, caches))
         outputs = [seg.out, *seg.new] + ([seg.score] if seg.score else [])
         return (session or seg.session).run(feeds, outputs)
@@ -257,7 +263,8 @@ class Pipeline:
         n = t.pop("tokens", len(tokens))
         t["decode_tokens_per_s"] = (n - 1) / t["decode_s"] if n > 1 and t.get("decode_s", 0) > 0 else None
         kv = sum(buf.nbytes for caches in run.caches for buf in caches)
-        return Result(tokens, self.encoder.decode(tokens), run.stages, t, steps, kv, run.next_pos - len(tokens) + 1)
+        return Result(tokens, self.encoder.decode(tokens), run.stages, t, steps, kv, run.next_pos - len(tokens) + 1,
+                      run.finish_reason)
 
 
 def _open(backend: backends.Backend, folder: Path, manifest: Manifest, spec: GraphSpec,
@@ -276,13 +283,12 @@ def _open(backend: backends.Backend, folder: Path, manifest: Manifest, spec: Gra
 
 
 def _segment(backend, folder: Path, manifest: Manifest, spec: GraphSpec, stage) -> _Segment:
-    names = [spec.kv.names(layer) for layer in range(*spec.layers)]  # (cache k, cache v, new k, new v)
     session = _open(backend, folder, manifest, spec)
     decode = _open(backend, folder, manifest, spec, spec.decode_file) if spec.decode_file else session
     return _Segment(
         spec=spec, session=session, decode=decode, dtype=DTYPES[spec.dtype],
-        feeds={role: spec.inputs[role] for role in SEGMENT_INPUTS},
-        out=spec.outputs.get("hidden") or spec.outputs["logits"], score=spec.outputs.get("score"),
-        cache=[n for ck, cv, _, _ in names for n in (ck, cv)], new=[n for _, _, nk, nv in names for n in (nk, nv)],
+        feeds=[spec.inputs[role] for role in SEGMENT_INPUTS],
+        out=spec.outputs.get(graphs.HIDDEN) or spec.outputs[graphs.LOGITS], score=spec.outputs.get(graphs.SCORE),
+        cache=graphs.kv_names(spec, "cache"), new=graphs.kv_names(spec, "new"),
         stage=stage,
     )

@@ -9,7 +9,7 @@ and the input ids identical (tests/runtime/test_preprocess.py).
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,56 +19,25 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from feather.errors import InputError, ManifestError
-from feather.image import (  # noqa: F401 (load_image, to_rgb re-exported: the runtime's API)
+from feather.image import (  # noqa: F401 (load_image, to_rgb, the bounds re-exported: the runtime's API)
+    EXACT_RESIZE_PIXELS,
     MAX_IMAGE_PIXELS,
     RESAMPLE,
     center_crop,
     load_image,
     open_image,
+    resize_crop,
     resize_size,
     to_rgb,
 )
-from feather.prompt import check_prompt, render
+from feather.prompt import check_prompt, encode_turn, text_tokenizer
 from feather.runtime.detokenize import Detokenizer
 
 if TYPE_CHECKING:
     from feather.manifest import ImageSpec, PromptSpec
 
-EXACT_RESIZE_PIXELS = 1 << 22
-"""Up to this many resized pixels (4 MP) the image is resized whole, then center-cropped,
-bit-identical to transformers. Beyond it (extreme aspect ratios: a 5000 x 1 strip would
-resize to 1,680,000 x 336) only the crop window is resampled, which keeps memory at the
-crop size and differs from the whole resize by float rounding only (docs/hardening.md)."""
-
 DEFAULT_MAX_SEQ = 32768
 """``PromptEncoder``'s token bound when it is not given the export's ``max_seq``."""
-
-
-def _resize_crop_window(img: Image.Image, height: int, width: int, crop_h: int, crop_w: int,
-                        resample) -> np.ndarray:
-    """What resizing ``img`` to ``height x width`` and then cropping the centre
-    ``crop_h x crop_w`` gives, computed on the crop window only, so no height x width array
-    is ever made. -> [min(height, crop_h), min(width, crop_w), 3] uint8.
-
-    Pillow resizes in two passes, horizontal then vertical; so does this, each pass with a
-    ``box`` (a source rectangle resampled at the same scale, filter taps outside it
-    included) and on the source rows the window reads plus a filter margin. Axes smaller
-    than the crop stay whole (the crop pads them afterwards). Box corners are float32 in
-    Pillow, so pixels may differ from the whole resize by one level."""
-    sy, sx = img.height / height, img.width / width  # source pixels per resized pixel
-    top, left = max(0, (height - crop_h) // 2), max(0, (width - crop_w) // 2)
-    out_h, out_w = min(height, crop_h), min(width, crop_w)
-    y0, y1 = top * sy, (top + out_h) * sy
-    margin = math.ceil(_MAX_SUPPORT * max(sy, 1.0)) + 2  # rows the vertical filter reaches past the window
-    r0, r1 = max(0, math.floor(y0) - margin), min(img.height, math.ceil(y1) + margin)
-    strip = img.crop((0, r0, img.width, r1))  # [r1 - r0, w] source rows
-    strip = strip.resize((out_w, r1 - r0), resample=resample, box=(left * sx, 0, (left + out_w) * sx, r1 - r0))
-    out = strip.resize((out_w, out_h), resample=resample, box=(0, y0 - r0, out_w, y1 - r0))
-    return np.asarray(out)
-
-
-_MAX_SUPPORT = 3.0
-"""The widest Pillow filter's support in pixels at scale 1 (Lanczos)."""
 
 
 def _resample(name: str) -> Image.Resampling:
@@ -87,17 +56,8 @@ def pixel_values(image, spec: ImageSpec) -> np.ndarray:
         img = to_rgb(img)
     elif img.mode != "RGB":
         raise InputError(f"image: mode {img.mode}; this model's preprocessing takes RGB images only")
-    height, width = resize_size(img.height, img.width, spec)
-    resample = _resample(spec.resample)
-    if spec.center_crop and height * width > EXACT_RESIZE_PIXELS:
-        arr = _resize_crop_window(img, height, width, int(spec.size[0]), int(spec.size[1]), resample)
-    elif height * width > EXACT_RESIZE_PIXELS:
-        raise InputError(f"image: {img.width} x {img.height} resizes to {width} x {height} pixels; "
-                         f"at most {EXACT_RESIZE_PIXELS:,} without a center crop")
-    else:
-        arr = np.asarray(img.resize((width, height), resample=resample))  # [h, w, 3] uint8
-    if spec.center_crop:
-        arr = center_crop(arr, int(spec.size[0]), int(spec.size[1]))  # [H, W, 3]
+    # the module's EXACT_RESIZE_PIXELS, read per call (tests lower it to force the window path)
+    arr = resize_crop(img, spec, _resample(spec.resample), EXACT_RESIZE_PIXELS)  # [H, W, 3] uint8
     x = (arr.transpose(2, 0, 1).astype(np.float64) * spec.rescale_factor).astype(np.float32)  # [3, H, W]
     if spec.normalize:
         mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
@@ -128,6 +88,12 @@ class PromptEncoder:
                 f"{tokenizer_path} has {found}"
             )
 
+    @functools.cached_property
+    def text_tokenizer(self):
+        """Copies of the tokenizer that read special-token strings as text (the user's part of a
+        prompt that holds them); made on the first such prompt, not at load."""
+        return text_tokenizer(self.tokenizer)
+
     def encode(self, prompt: str) -> tuple[np.ndarray, int]:
         """Input ids int64 [S] for ``prompt`` in the template, and the offset of the first of
         the ``n_image_tokens`` image tokens. ``InputError`` for a prompt that is not a str,
@@ -135,16 +101,17 @@ class PromptEncoder:
         ``max_chars`` (it could not fit in ``max_seq`` tokens; refused before tokenizing).
 
         The processor expands the image token in the text before tokenizing; the image token
-        is a special added token, so encoding the expanded text gives its ids exactly."""
+        is a special added token, so encoding the expanded text gives its ids exactly. The
+        user's text is tokenized as text (``feather.prompt.encode_turn``): ``</s>`` typed in a
+        prompt is the ids that spell it, not the end-of-sequence id."""
         spec = self.spec
         check_prompt(prompt)
         if len(prompt) > self.max_chars:
             raise InputError(f"prompt: {len(prompt):,} characters; it cannot fit the export's token limit "
                              f"(at most {self.max_chars:,} characters)")
-        text = render(spec.template, prompt, spec.image_token)
-        text = text.replace(spec.image_token, spec.image_token * spec.n_image_tokens)
-        enc = self.tokenizer.encode(text, add_special_tokens=spec.add_special_tokens)
-        ids = np.asarray(enc.ids, dtype=np.int64)  # [S]
+        ids = encode_turn(self.tokenizer, lambda: self.text_tokenizer, spec.template, prompt, spec.image_token,
+                          spec.n_image_tokens, spec.add_special_tokens)
+        ids = np.asarray(ids, dtype=np.int64)  # [S]
         where = np.flatnonzero(ids == spec.image_token_id)
         if len(where) != spec.n_image_tokens or where[-1] - where[0] != len(where) - 1:
             raise ManifestError(

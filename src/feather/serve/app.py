@@ -3,10 +3,11 @@
     app = create_app(Pipeline.load("feather-export"), model_name="feather-export")
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Every error is one line of JSON in OpenAI's shape (``{"error": {"message", "type", "param",
-"code"}}``): 4xx for what the client sent (400 bad field, 401 key, 404 model or route, 413
-body too large, 415 not JSON, 429 busy), 5xx for failures of the server itself. Generation
-runs in the engine's worker threads; the event loop only parses, schedules and streams.
+``GET /`` is a web page to try the model (``static/``). Every error is one line of JSON in
+OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``): 4xx for what the client
+sent (400 bad field, 401 key, 404 model or route, 408 body not received in time, 413 body too
+large, 415 not JSON, 429 busy), 5xx for failures of the server itself. Generation runs in the
+engine's worker threads; the event loop only parses, schedules and streams.
 """
 
 from __future__ import annotations
@@ -18,21 +19,25 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from feather import jsonread
 from feather.errors import ConfigError, FeatherError, InputError
 from feather.serve import protocol
-from feather.serve.engine import Busy, Engine, finish_reason
+from feather.serve.engine import Busy, Engine
 from feather.serve.protocol import Limits, RequestError
 
 log = logging.getLogger("feather.serve")
 _DONE = object()
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(pipe, model_name: str, limits: Limits = Limits(), max_concurrency: int = 1, max_queue: int = 16,
@@ -40,6 +45,8 @@ def create_app(pipe, model_name: str, limits: Limits = Limits(), max_concurrency
     """An app serving ``pipe`` (a loaded ``Pipeline``) as ``model_name``."""
     server = _Server(pipe, model_name, limits, Engine(pipe, max_concurrency, max_queue), api_key)
     routes = [
+        Route("/", server.page, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
@@ -57,11 +64,16 @@ class _Server:
         self.api_key = api_key.encode() if api_key else None
         self.started = int(time.time())
         self.max_seq = getattr(pipe.manifest, "max_seq", None)
+        self.info = protocol.export_info(pipe.manifest)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         yield
         self.engine.close()  # stop running generations so shutdown does not wait for them
+
+    async def page(self, request: Request) -> Response:
+        """The web page to try the model (static files, no build step)."""
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": self.model_name, **self.engine.stats()})
@@ -74,7 +86,7 @@ class _Server:
 
     async def chat(self, request: Request) -> Response:
         self._authorize(request)
-        body = await _read_json(request, self.limits.max_body_bytes)
+        body = await _read_json(request, self.limits)
         # decoding the image and tokenizing are CPU work: off the event loop
         req, prompt_tokens = await run_in_threadpool(self._parse, body)
         cancel = threading.Event()
@@ -87,9 +99,8 @@ class _Server:
             watcher.cancel()
         if outcome.cancelled:  # nobody is listening any more
             return JSONResponse(protocol.error_body("client closed the connection", 499), status_code=499)
-        reason = finish_reason(self.pipe, outcome.result, req.max_tokens) or "length"
         body = protocol.completion_body(protocol.completion_id(), self.model_name, outcome.result, prompt_tokens,
-                                        reason)
+                                        self.info)
         return JSONResponse(body)
 
     def _parse(self, body) -> tuple[protocol.ChatRequest, int]:
@@ -138,8 +149,8 @@ class _Server:
             outcome = task.result()
             if outcome.cancelled:
                 return
-            reason = finish_reason(self.pipe, outcome.result, req.max_tokens) or "length"
-            yield chunk({}, reason, feather=protocol.feather_extension(outcome.result))
+            result = outcome.result
+            yield chunk({}, result.finish_reason, feather=protocol.feather_extension(result, self.info))
             if req.include_usage:
                 u = protocol.usage(prompt_tokens, len(outcome.result.tokens))
                 yield _sse({**protocol.chunk_body(cid, self.model_name, {}), "choices": [], "usage": u})
@@ -157,14 +168,29 @@ class _Server:
             raise RequestError(401, "missing or wrong API key; send Authorization: Bearer KEY", code="invalid_api_key")
 
 
-async def _read_json(request: Request, limit: int):
-    """The body as JSON, refusing more than ``limit`` bytes before reading them all."""
+async def _read_json(request: Request, limits: Limits):
+    """The body as JSON (``feather.jsonread``: depth-limited). The size is bounded while the body
+    streams in (a declared Content-Length over the limit is refused before reading), and the
+    whole body must arrive within ``limits.body_timeout_s``: 413 and 408 close the connection."""
+    limit = limits.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body: {int(declared)} bytes exceed this server's limit of {limit}",
                            code="body_too_large")
     if "json" not in request.headers.get("content-type", "application/json").lower():
         raise RequestError(415, "request body: expected Content-Type application/json")
+    try:
+        data = await asyncio.wait_for(_read_body(request, limit), limits.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"request body: not received within {limits.body_timeout_s:g} s",
+                           code="body_timeout") from None
+    try:
+        return jsonread.loads(data, "request body", max_bytes=limit, max_depth=limits.max_json_depth)
+    except InputError as err:
+        raise RequestError(400, str(err)) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -172,10 +198,7 @@ async def _read_json(request: Request, limit: int):
             raise RequestError(413, f"request body: more than this server's limit of {limit} bytes",
                                code="body_too_large")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise RequestError(400, f"request body: not valid JSON ({err})") from None
+    return b"".join(chunks)
 
 
 async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
@@ -198,6 +221,8 @@ def _error(status: int, message: str, param=None, code=None, headers=None) -> JS
 
 async def _request_error(request: Request, exc: RequestError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status in (408, 413):  # the body was not read to its end: the connection cannot be reused
+        headers = {"Connection": "close"}
     return _error(exc.status, exc.message, exc.param, exc.code, headers)
 
 

@@ -120,8 +120,8 @@ class Engine:
                 return self._cancelled(len(tokens), request.max_tokens)
             self._count(failed=1)
             raise
-        if cancel.is_set() and finish_reason(self.pipe, result, request.max_tokens) is None:
-            return self._cancelled(len(result.tokens), request.max_tokens)  # the runtime stopped early
+        if result.finish_reason == "cancelled":  # the runtime stopped early at the set event
+            return self._cancelled(len(result.tokens), request.max_tokens)
         self._count(completed=1)
         return Outcome(result, len(result.tokens), False)
 
@@ -147,11 +147,3 @@ class Engine:
             cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-
-def finish_reason(pipe, result, max_tokens: int) -> str | None:
-    """OpenAI's ``finish_reason``: "stop" at an end-of-sequence token, "length" at
-    ``max_tokens``, None for a generation that ended otherwise (cancelled)."""
-    eos = getattr(pipe, "eos", None) or set(pipe.manifest.tokens.eos)
-    if result.tokens and result.tokens[-1] in eos:
-        return "stop"
-    return "length" if len(result.tokens) >= max_tokens else None

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 import secrets
 import time
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
+from feather import jsonread
+from feather.errors import InputError
+from feather.image import ImageTooLargeError, load_image
 from feather.sampling import Sampling
 
 _DATA_URI = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),", re.ASCII)
@@ -42,6 +44,8 @@ class Limits:
     max_body_bytes: int = 16 * 2**20
     max_image_pixels: int = 4096 * 4096
     default_max_tokens: int = 128
+    body_timeout_s: float = 30.0  # the whole body must arrive within this (slow clients get 408)
+    max_json_depth: int = jsonread.MAX_DEPTH  # a chat request nests 5 levels
 
 
 @dataclass
@@ -145,20 +149,22 @@ def decode_image(url: str, max_pixels: int) -> Image.Image:
 
 
 def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
-    """Encoded image bytes (PNG, JPEG, ...) -> a decoded ``PIL.Image``, EXIF-transposed. The pixel
-    count is read from the header and checked before the pixels are decoded."""
+    """Encoded image bytes (PNG, JPEG, ...) -> an RGB ``PIL.Image`` through ``feather.image.load_image``,
+    the loader feather-run uses: the pixel count is read from the header and checked against
+    ``max_pixels`` before decoding; EXIF-transposed; every mode converted by its rules."""
     try:
-        img = Image.open(io.BytesIO(data))  # lazy: reads the header only
-        if img.width * img.height > max_pixels:
-            raise RequestError(400, f"image: {img.width} x {img.height} pixels exceed this server's limit of "
-                               f"{max_pixels}", "messages", "image_too_large")
-        img.load()
-        return ImageOps.exif_transpose(img)
-    except RequestError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = " ".join(f"{type(err).__name__}: {err}".split())
-        raise RequestError(400, f"image: cannot decode ({_clip(reason, 120)})", "messages") from None
+        return load_image(data, max_pixels)
+    except ImageTooLargeError as err:
+        raise RequestError(400, _no_repr(str(err)), "messages", "image_too_large") from None
+    except InputError as err:
+        raise RequestError(400, _no_repr(str(err)), "messages") from None
+
+
+def _no_repr(message: str) -> str:
+    """``message`` without the repr of an in-memory buffer (``<_io.BytesIO object at 0x...>``)
+    that Pillow's own messages may carry."""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image", message)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _max_tokens(body: dict, limits: Limits) -> int:
@@ -227,14 +233,15 @@ def completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def completion_body(cid: str, model: str, result, prompt_tokens: int, finish_reason: str) -> dict:
-    """A ``chat.completion`` with ``usage`` and the ``feather`` extension."""
+def completion_body(cid: str, model: str, result, prompt_tokens: int, info: dict | None = None) -> dict:
+    """A ``chat.completion`` with ``usage`` and the ``feather`` extension; ``finish_reason`` is
+    the result's ("stop" at end-of-sequence, "length" at ``max_tokens``)."""
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": finish_reason}],
+                     "finish_reason": result.finish_reason}],
         "usage": usage(prompt_tokens, len(result.tokens)),
-        "feather": feather_extension(result),
+        "feather": feather_extension(result, info),
     }
 
 
@@ -249,6 +256,19 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def feather_extension(result) -> dict:
-    """Kept image indices per pruning stage, the token ids and the timings (s)."""
-    return {"tokens": list(result.tokens), "stages": result.stages, "timings": result.timings}
+def feather_extension(result, info: dict | None = None) -> dict:
+    """Kept image indices per pruning stage, the token ids and the timings (s), plus ``info``
+    (``export_info``: the token grid and the operating point) when given."""
+    return {"tokens": list(result.tokens), "stages": result.stages, "timings": result.timings, **(info or {})}
+
+
+def export_info(manifest) -> dict:
+    """What a client needs to draw the kept tokens (``grid``: token ``i`` covers row ``i // grid``,
+    column ``i % grid`` of the model's view; ``center_crop``: that view is the centre square) and
+    the operating point (criterion, K, ratio R, stages with the tokens each keeps)."""
+    p = manifest.pruning
+    tiled = getattr(manifest, "tiles", None) is not None
+    return {"grid": None if tiled else manifest.dims.grid, "n_image": manifest.dims.n_image,
+            "center_crop": bool(manifest.image.center_crop),
+            "operating_point": {"criterion": p.criterion, "K": list(p.K), "ratio": p.ratio, "stride": p.stride,
+                                "stages": [{"layer": s.layer, "keep": s.keep} for s in p.stages]}}

@@ -4,15 +4,8 @@ providers) and native TensorRT engines; a new backend is a new module here plus 
 from __future__ import annotations
 
 from feather.errors import BackendError
+from feather.providers import MAX_THREADS, ORT_PROVIDERS, PROVIDERS  # the tables (core: the CLIs read them too)
 from feather.runtime.backends.base import Backend, KVBuffer, Session, Value
-
-ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
-"""ONNX Runtime's execution providers (``backends/onnxruntime.py``)."""
-PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native")
-"""``provider`` names ``Pipeline.load`` (and every CLI's ``--provider``) takes; each maps to a
-backend below: ``tensorrt-native`` runs feather-build's engines (``backends/tensorrt.py``)."""
-MAX_THREADS = 256
-"""The most intra-op threads per graph a backend (and every CLI's ``--threads``) takes."""
 
 
 def get(provider: str = "cpu", threads: int | None = None) -> Backend:

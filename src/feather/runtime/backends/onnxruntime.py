@@ -25,6 +25,7 @@ import numpy as np
 
 from feather.errors import BackendError
 from feather.manifest import GraphSpec, Manifest
+from feather.manifest.graphs import CACHE, SEQ, role_shapes
 from feather.runtime.backends import MAX_THREADS
 from feather.text import first_line
 
@@ -253,15 +254,8 @@ def tensorrt_options(manifest: Manifest, graph: GraphSpec, cache_dir: Path) -> d
 
 
 def _profile(manifest: Manifest, graph: GraphSpec, which: str) -> str:
-    """One TensorRT profile string, every name from the manifest."""
-    d, kv, hd = manifest.dims.hidden, manifest.dims.kv_heads, manifest.dims.head_dim
-    seq = getattr(graph.axes["seq"], which) if "seq" in graph.axes else 1
-    cap = getattr(graph.axes["cache"], which) if "cache" in graph.axes else 1
-    if graph.layers is None:  # embed graph
-        return f"{graph.inputs['input_ids']}:1x{seq}"
-    names = graph.inputs
-    dims = [f"{names['hidden']}:1x{seq}x{d}", f"{names['keep_index']}:{seq}", f"{names['position_ids']}:1x{seq}"]
-    for layer in range(*graph.layers):
-        cache_k, cache_v, _, _ = graph.kv.names(layer)
-        dims += [f"{cache_k}:1x{kv}x{cap}x{hd}", f"{cache_v}:1x{kv}x{cap}x{hd}"]
-    return ",".join(dims)
+    """One TensorRT profile string (``name:1x640x4096,...``) from the graph I/O contract's shapes."""
+    seq = getattr(graph.axes[SEQ], which) if SEQ in graph.axes else 1
+    cap = getattr(graph.axes[CACHE], which) if CACHE in graph.axes else 1
+    shapes = role_shapes(graph, manifest.dims, seq, cap)
+    return ",".join(f"{name}:{'x'.join(str(n) for n in shape)}" for name, shape in shapes.items())
