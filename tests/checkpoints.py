@@ -37,6 +37,23 @@ SIGLIP = checkpoints.Spec(
 )
 
 
+# A tied head larger than a decoder layer, as at real size (Qwen1.5-0.5B: 155M head parameters, 12M
+# per layer): a 4,096-row vocabulary over the 512-token BPE (rows beyond it zeroed) at width 64, so
+# the head (262K parameters) is 5x a layer (~45K). CLIP tower at 224 px keeps it quick.
+TIED_BIG_VOCAB = checkpoints.Spec(
+    text=checkpoints.Text(family="qwen2", hidden=64, ffn=160, layers=18, heads=4, kv_heads=2, max_positions=2048,
+                          tie_embeddings=True),
+    vision=checkpoints.Vision(hidden=32, ffn=64, layers=2, heads=2, image_size=224, patch_size=14),
+    seed=5,
+    pad_in_config=False,
+    vocab_size=4096,
+)
+
+
+def build_tied_llava(out: Path) -> Path:
+    return checkpoints.build(TIED_BIG_VOCAB, out)
+
+
 def build_siglip_llava(out: Path) -> Path:
     """Build the ``SIGLIP`` geometry into ``out`` and return it."""
     return checkpoints.build(SIGLIP, out)

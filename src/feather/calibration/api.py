@@ -153,6 +153,9 @@ def write_graphs(src: Path, tmp: Path, manifest: Manifest, how: methods_mod.Meth
             new.setdefault(graph.file, {})["decode" if kind != how.weights else "prefill"] = (name, kind)
             steps.done()
     shutil.rmtree(work)
+    from feather.export import tied
+
+    tied.reshare(tmp, sorted(name for files in new.values() for name, _ in files.values()))  # a float head
     result = _manifest(manifest, how, new)
     save_manifest(result, tmp)
     return result

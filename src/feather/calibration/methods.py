@@ -101,20 +101,12 @@ def weight_matmuls(model, skip_lm_head: bool, logits: str | None) -> tuple[list[
 
 
 def lm_head(model, logits: str) -> str | None:
-    """The weight MatMul upstream of the graph output ``logits``, through the ops that follow
-    it (Gather / Slice / Reshape / Squeeze of the last position)."""
-    inits = {i.name for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    frontier, seen = [logits], set()
-    while frontier:
-        node = producer.get(frontier.pop())
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits:
-            return node.name
-        frontier.extend(i for i in node.input if i not in inits)
-    return None
+    """The name of the weight MatMul upstream of the graph output ``logits`` (the LM head;
+    ``feather.export.tied.lm_head`` finds it)."""
+    from feather.export.tied import lm_head as find
+
+    node = find(model, logits)
+    return node.name if node is not None else None
 
 
 Quantizer = Callable[..., None]
@@ -220,15 +212,26 @@ def reader_class():
 def infer_shapes(src: Path, work: Path) -> Path:
     """``src`` with ONNX shape inference run on it, in ``work``: the pre-processing ONNX Runtime's
     quantizers ask for (they read activation types from value_info). ``infer_shapes_path`` keeps
-    external data where it is, so a graph over 2 GB gets its data file linked beside the new one."""
+    external data where it is, so a graph over 2 GB (and a tied embedding's shared file) gets its
+    data file copied beside the new one."""
     import onnx
 
     dst = work / f"shaped-{src.name}"
     onnx.shape_inference.infer_shapes_path(str(src), str(dst))
-    data = Path(str(src) + ".data")
-    if data.exists() and not (work / data.name).exists():
-        (work / data.name).symlink_to(data.resolve())
+    from feather.export.tied import SHARED_FILE
+
+    for data in (Path(str(src) + ".data"), src.parent / SHARED_FILE):  # its own data, a tied embedding's
+        if data.exists() and not (work / data.name).exists():
+            _link(data, work / data.name)
     return dst
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` as a copy of ``src``: onnx refuses external data behind a symbolic link or a file
+    with several hard links (its guard against link attacks), so the work folder gets its own."""
+    import shutil
+
+    shutil.copyfile(src, dst)
 
 
 def convert_opset(src: Path, dst: Path, opset: int) -> None:
@@ -245,6 +248,8 @@ def convert_opset(src: Path, dst: Path, opset: int) -> None:
 
 
 def _large(src: Path) -> bool:
+    """Whether a graph's own weights need external data (a shared tied embedding, which the
+    quantizers load inline and ``tied.reshare`` points back at, does not count)."""
     return Path(src).stat().st_size >= (1 << 31) or Path(str(src) + ".data").exists()
 
 

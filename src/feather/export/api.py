@@ -64,9 +64,29 @@ def export(
                      max_seq=max_seq, target=target)
     with staged_output(out, overwrite, model) as tmp:  # feather.folder: parents, leftovers, swap, clean-up
         _write_graphs(llava, plan, tmp, quiet)
+        _share_tied_embedding(llava, plan, tmp)
         _write_manifest(tmp, plan, llava, processor)
         _loads_as_feather_run_would(tmp)
     return out
+
+
+def _share_tied_embedding(llava, plan: ExportPlan, folder: Path) -> None:
+    """A tied checkpoint's embedding matrix stored once (``feather.export.tied``); the rewritten
+    embed graph is checked again against the model's own embedding."""
+    from feather.export import tied
+    from feather.manifest import graphs
+
+    if not _is_tied(llava) or not tied.share(folder, "embed.onnx", plan.segments[-1].file,
+                                             graphs.NAMES[graphs.LOGITS]):
+        return
+    onnx_io.check_graph(folder / "embed.onnx", plan.target)
+    module, _, cases = _embed_job(llava)
+    validate.raise_failures(validate.compare(module, folder / "embed.onnx", cases, plan.precision))
+
+
+def _is_tied(llava) -> bool:
+    head, embed = llava.get_output_embeddings(), llava.get_input_embeddings()
+    return head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
 
 
 def _loads_as_feather_run_would(folder: Path) -> None:
