@@ -1,4 +1,4 @@
-"""``feather-build EXPORT_DIR``: TensorRT engines for this GPU, beside the graphs (export/engines.py).
+"""``feather-build EXPORT_DIR``: TensorRT engines for this GPU, beside the graphs (feather/build/engines.py).
 
     feather-build feather-export --dry-run              # the plan; needs no TensorRT
     feather-build feather-export --workspace-gb 4 --timing-cache ~/.cache/feather-vlm/trt.cache

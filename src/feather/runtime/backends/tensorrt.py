@@ -13,7 +13,7 @@
   profile's maximum when the session opens. Outputs are handed out as ``DeviceTensor``
   views of those buffers and fed, without a copy, to the next engine.
 - **Profiles per phase.** A decoder engine has a ``prefill`` and a ``decode`` profile
-  (export/engines.py); each run picks the first profile whose ranges hold every input
+  (feather/build/engines.py); each run picks the first profile whose ranges hold every input
   shape, on that profile's own execution context (one context per profile, created at open,
   since a profile may be used by one context at a time).
 - **One generation at a time per Pipeline.** Outputs live in the session's buffers until its
