@@ -113,3 +113,12 @@ def flops_geometry(path: str | os.PathLike):
         vision_ffn=v["intermediate_size"], n_patches=(v["image_size"] // v["patch_size"]) ** 2 + cls,
         projector_in=v["hidden_size"], projector_out=t["hidden_size"],
     )
+
+
+def image_tokens(path: Path) -> int:
+    """Image tokens the LLM sees per image: the patch grid (CLIP's CLS is dropped by LLaVA's
+    ``default`` selection; SigLIP has none)."""
+    import json
+
+    v = json.loads((Path(path) / "config.json").read_text())["vision_config"]
+    return (v["image_size"] // v["patch_size"]) ** 2

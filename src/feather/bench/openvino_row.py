@@ -11,7 +11,8 @@ Stand-alone on purpose (no feather imports): that venv has optimum-intel, not fe
   ``OVModelForVisualCausalLM.from_pretrained(export=True)`` and ``save_pretrained``.
 * time: load the IR (fp32 inference precision, so it is compared with the fp32 chain),
   warm up once, then per repeat ``generate`` with ``max_new_tokens=1`` (TTFT) and
-  ``1 + new_tokens`` (decode = difference), exactly as the torch eager row does. The
+  ``1 + new_tokens`` timed from its first new token to its last (decode, measured within one
+  run: a difference of two runs went negative on a busy machine), as the torch eager row does. The
   vision and LLM-prefill times come from wrapping the two sub-models' ``forward`` on the
   instance (timing only). KV bytes: the language model's state tensors after generate.
 """
@@ -104,24 +105,43 @@ def time_rows(spec: dict) -> dict:
 
     def once(n: int):
         vision.calls.clear(), llm.calls.clear()
+        first = _FirstToken()
         t0 = time.perf_counter()
         enc = processor(images=image, text=text, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=n, do_sample=False)
-        return time.perf_counter() - t0, out[0, enc["input_ids"].shape[1]:].tolist(), enc["input_ids"].shape[1]
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False, streamer=first)
+        t1 = time.perf_counter()
+        return t1 - t0, t1 - (first.at or t1), out[0, enc["input_ids"].shape[1]:].tolist(), enc["input_ids"].shape[1]
 
     samples: dict[str, list] = {}
     for i in range(spec["repeats"] + 1):
-        ttft, _, seq_len = once(1)
+        ttft, _, _, seq_len = once(1)
         times = {"vision_s": vision.calls[0], "llm_prefill_s": llm.calls[0], "ttft_s": ttft}
-        total, tokens, _ = once(1 + spec["new_tokens"])
-        times.update(decode_s=total - ttft, decode_tokens_per_s=(len(tokens) - 1) / (total - ttft))
+        _, decode, tokens, _ = once(1 + spec["new_tokens"])
+        times.update(decode_s=decode, decode_tokens_per_s=(len(tokens) - 1) / decode if decode > 0 else None)
         for key, value in times.items():
             if i:
                 samples.setdefault(key, []).append(value)
     states = model.language_model.request.query_state()
     kv = sum(s.state.data.nbytes for s in states if "beam" not in s.name)
     return {"samples": samples, "kv_cache_bytes": int(kv), "seq_len": seq_len, "kept": [], "tokens": tokens}
+
+
+class _FirstToken:
+    """A ``generate`` streamer that notes when the first new token arrives: HF calls ``put``
+    once with the prompt, then once per generated token (feather.bench.rows has the same; this
+    file imports nothing from feather)."""
+
+    def __init__(self):
+        self.calls, self.at = 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
 
 
 def _peak_rss_bytes() -> int:

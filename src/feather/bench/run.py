@@ -192,7 +192,7 @@ def _step(job: dict, work: Path, log) -> dict:
 def summarize(raw: dict, path: Path, geometry: str, new_tokens: int) -> dict:
     """Medians per row, FLOPs and KV predictions beside them, the ratios and the targets."""
     fgeom = checkpoint.flops_geometry(path)
-    n_image = fgeom.n_patches - 1
+    n_image = checkpoint.image_tokens(path)  # n_patches - 1 was right for CLIP only (SigLIP has no CLS)
     n_text = raw["a" if "a" in raw else next(iter(raw))]["seq_len"] - n_image
     rows = [_row(r, fgeom, r["seq_len"] - n_image, n_image, raw) for r in raw.values()]
     by_id = {r["id"]: r for r in rows}
