@@ -113,6 +113,21 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
     return PruneConfig(criterion=args.criterion, K=k, ratio=args.ratio, stride=args.stride, mode=args.mode)
 
 
+def add_point_args(parser: argparse.ArgumentParser) -> None:
+    """--ratio --stride --mode for a run: the operating point (``feather.points``), each
+    defaulting to the export's own, chosen within the range the export accepts."""
+    g = parser.add_argument_group("operating point (default: the export's own; docs/operating-points.md)")
+    g.add_argument("--ratio", type=finite_float, default=None, help="fraction of image tokens pruned, R")
+    g.add_argument("--stride", type=int_in(1, 1 << 16), default=None, help="uniform grid stride s")
+    g.add_argument("--mode", default=None, choices=MODES, help="static or paper")
+
+
+def point(args: argparse.Namespace) -> dict | None:
+    """The ``prune`` mapping of ``add_point_args``' flags (None when none was given)."""
+    asked = {k: getattr(args, k) for k in ("ratio", "stride", "mode") if getattr(args, k, None) is not None}
+    return asked or None
+
+
 def add_provider_arg(parser: argparse.ArgumentParser) -> None:
     """--provider, one of ``feather.runtime.backends.PROVIDERS`` (choices and help from that one
     table, so every CLI that runs a chain lists the same providers)."""

@@ -46,6 +46,8 @@ def attention_scores(logits: np.ndarray) -> np.ndarray:
     """Per-token score from score logits ``[H, n]``: softmax over the n image keys
     (float32, per head), then the mean over heads -> ``[n]``."""
     x = np.asarray(logits, dtype=np.float32)
+    if x.shape[-1] == 0:  # a stage before kept no image token: nothing to rank
+        return np.zeros(0, dtype=np.float32)
     x = x - x.max(axis=-1, keepdims=True)
     p = np.exp(x)
     p /= p.sum(axis=-1, keepdims=True)

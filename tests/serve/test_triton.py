@@ -33,7 +33,7 @@ def test_repository_files(repo, export_feather):
     assert 'backend: "python"' in config and "max_batch_size: 0" in config
     assert "instance_group [ { count: 2, kind: KIND_CPU } ]" in config
     assert f'key: "export_dir", value: {{ string_value: "{Path(export_feather).resolve()}" }}' in config
-    for name in ("PROMPT", "IMAGE_BYTES", "MAX_TOKENS", "TEXT", "TOKENS", "FEATHER"):
+    for name in ("PROMPT", "IMAGE_BYTES", "MAX_TOKENS", "POINT", "TEXT", "TOKENS", "FEATHER"):
         assert f'name: "{name}"' in config
     model_py = (repo / "feather" / "1" / "model.py").read_text()
     assert "class TritonPythonModel" in model_py
@@ -115,6 +115,27 @@ def test_model_py_answers_like_the_pipeline(repo, image_png, pipe, monkeypatch):
     assert json.loads(replies[0].outputs["FEATHER"][0])["stages"] == expected.stages
     assert "IMAGE_BYTES: required" in replies[1].error.message()
     assert "cannot read image" in replies[2].error.message()
+
+
+def test_model_py_takes_an_operating_point(repo, image_png, pipe, monkeypatch):
+    """POINT: the JSON of feather-serve's ``feather`` field, checked against the export's range."""
+    model = _load_model(repo, monkeypatch)
+    point = {"ratio": 0.5, "stride": 2}
+    expected = pipe.generate(str(image_png), PROMPT, max_new_tokens=8, prune=point)
+
+    def asking(value) -> dict:
+        text = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return {**_request(image_png.read_bytes()), "POINT": _Tensor("POINT", np.array([text], dtype=np.object_))}
+
+    good, plain, out, junk = model.execute([asking(point), _request(image_png.read_bytes()),
+                                            asking({"ratio": 0.99}), asking(b"{ratio")])
+    assert good.error is None and good.outputs["TOKENS"].tolist() == expected.tokens
+    extra = json.loads(good.outputs["FEATHER"][0])
+    assert extra["point"] == {"ratio": 0.5, "stride": 2, "mode": "static"} and extra["stages"] == expected.stages
+    assert json.loads(plain.outputs["FEATHER"][0])["point"] == {"ratio": 0.7, "stride": 3, "mode": "static"}
+    assert out.error.message() == ("POINT.ratio: 0.99 is outside the range this export accepts (ratio 0.05..0.95, "
+                                   "stride 1..24, modes static, paper)")
+    assert junk.error.message().startswith("POINT: invalid JSON")
 
 
 @pytest.mark.skipif(not os.environ.get("FEATHER_TRITON_PYTHON"),

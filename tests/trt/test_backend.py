@@ -40,6 +40,28 @@ def test_tokens_match_onnxruntime_and_profiles_follow_the_phase(built, export_fe
     assert decode[0]["hidden"] == (1, 1, 64) and decode[0]["cache.8.key"][2] == got.prompt_tokens - 576 + 236 + 7
 
 
+@pytest.mark.parametrize("prune", [{"ratio": 0.95, "stride": 24}, {"ratio": 0.05, "stride": 1},
+                                   {"ratio": 0.5, "stride": 2, "mode": "paper"}])
+def test_points_across_the_range_run_on_the_built_profiles(built, export_feather, sample_image, prune):
+    """Operating points (docs/operating-points.md): the ends of the export's range run on the
+    engines feather-build made for its own point, with no rebuild, each prefill on its segment's
+    prefill profile, and answer as ONNX Runtime does at that point."""
+    folder, trt, cuda = built
+    want = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=3, prune=prune)
+    before = len(trt.runs)
+    got = _pipe(folder, trt, cuda).generate(sample_image, PROMPT, max_new_tokens=3, prune=prune)
+    assert got.tokens == want.tokens and got.stages == want.stages and got.point == want.point
+    assert [len(s["kept"]) for s in got.stages] != [236, 21]  # not the export's own point
+    profiles = load_manifest(folder).engines
+    for seg, n_image in zip(("segment0.onnx", "segment1.onnx", "segment2.onnx"),
+                            [576] + [len(s["kept"]) for s in got.stages]):
+        runs = [(p, shapes) for name, p, shapes in trt.runs[before:] if name == seg]
+        assert [p for p, _ in runs] == [0, 1, 1]  # prefill on the prefill profile, then decode
+        lo, _, hi = next(e for e in profiles if e.graph == seg).profiles[0].shapes["keep_index"]
+        n = runs[0][1]["keep_index"][0]
+        assert n == got.prompt_tokens - 576 + n_image and lo[0] <= n <= hi[0]
+
+
 def test_decode_steps_replay_a_cuda_graph_and_recapture_for_new_buffers(built, export_feather, sample_image):
     folder, trt, cuda = built
     want = Pipeline.load(export_feather).generate(sample_image, PROMPT, max_new_tokens=8)

@@ -128,3 +128,80 @@ def _wrap(name: str) -> str:
     head, _, tail = name.partition(", ")
     return f"{head}\n{tail}" if tail else name
 
+
+
+# -- feather-bench --points ----------------------------------------------------------------
+def points_table(report: dict):
+    """One row per operating point of ``feather.bench.sweep.sweep``, the unpruned chain first
+    (medians; speed-ups against the unpruned chain, measured / FLOPs-predicted)."""
+    from rich.table import Table
+
+    s, g, e = report["settings"], report["geometry"], report["export"]
+    cpu = report.get("machine", {}).get("cpu", {}).get("line")
+    title = (f"feather-bench --points, geometry {g['name']}, one FEATHER export (K = {' '.join(map(str, e['K']))}): "
+             f"median of {s['repeats']} after 1 warm-up, {s['new_tokens']} new tokens, {s['threads']} threads"
+             + (f"\n{cpu}" if cpu else ""))
+    t = Table(title=title)
+    for name in ("point", "kept", "LLM prefill s", "prefill speed-up\nmeasured / FLOPs", "TTFT s",
+                 "TTFT\nspeed-up", "decode tok/s", "KV MiB"):
+        t.add_column(name, justify="left" if name == "point" else "right")
+    b = report["baseline"]
+    t.add_row("unpruned chain", "all", _f(b["llm_prefill_s"]), "1.00 / 1.00", _f(b["ttft_s"]), "1.00",
+              _f(b["decode_tokens_per_s"], 1), f"{b['kv_cache_bytes'] / MIB:.1f}")
+    for r in report["rows"]:
+        t.add_row(r["label"], ",".join(map(str, r["kept"])), _f(r["llm_prefill_s"]), _speedup(r), _f(r["ttft_s"]),
+                  _f(r["ttft_speedup"], 2), _f(r["decode_tokens_per_s"], 1), f"{r['kv_cache_bytes'] / MIB:.1f}")
+    return t
+
+
+def print_points(report: dict, console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    console.print(points_table(report))
+    child, b = report["sweep_child"], report["baseline"]
+    console.print(f"export range: {report['export']['range']}; the points ran interleaved in one process "
+                  f"(peak RSS {child['peak_rss_bytes'] / MIB:.0f} MiB), the unpruned chain in another "
+                  f"({b['peak_rss_bytes'] / MIB:.0f} MiB); others' CPU cores while they ran: "
+                  f"{_f(child.get('foreign_cpu_cores'), 2)} / {_f(b.get('foreign_cpu_cores'), 2)}.")
+    off = [r["label"] for r in report["rows"] if r["mode"] == "static" and r["kept"] != r["kept_planned"]]
+    if off:
+        console.print(f"check kept counts = feather.points.keep_counts: NO at {', '.join(off)}")
+
+
+def plot_points(report: dict, path: str | Path) -> Path:
+    """Two panels against the ratio R (one line per stride): TTFT and LLM prefill seconds (the
+    unpruned chain dashed), and the LLM-prefill speed-up measured and FLOPs-predicted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, b = report["rows"], report["baseline"]
+    strides = sorted({r["stride"] for r in rows})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for s in strides:
+        mine = sorted((r for r in rows if r["stride"] == s), key=lambda r: r["ratio"])
+        xs, tag = [r["ratio"] for r in mine], f" (s={s})" if len(strides) > 1 else ""
+        color = left.plot(xs, [r["ttft_s"] for r in mine], "o-", label=f"TTFT{tag}")[0].get_color()
+        left.plot(xs, [r["llm_prefill_s"] for r in mine], "s--", color=color, label=f"LLM prefill{tag}")
+        line = right.plot(xs, [r["llm_prefill_speedup"] for r in mine], "o-", label=f"measured{tag}")[0]
+        right.plot(xs, [r["flops_llm_speedup"] for r in mine], "--", color=line.get_color(),
+                   label=f"FLOPs-predicted{tag}")
+    left.axhline(b["ttft_s"], color="grey", ls=":", lw=1, label="TTFT, unpruned chain")
+    left.axhline(b["llm_prefill_s"], color="grey", ls="--", lw=1, label="LLM prefill, unpruned chain")
+    left.set_ylabel("seconds (median)")
+    left.set_ylim(bottom=0)
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_ylabel("LLM-prefill speed-up over the unpruned chain")
+    for ax in (left, right):
+        ax.set_xlabel("ratio R (the fraction of image tokens pruned)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    e, g = report["export"], report["geometry"]
+    fig.suptitle(f"feather-bench --points ({g['name']} geometry, K = {' '.join(map(str, e['K']))}, "
+                 f"{report['machine']['cpu_model']}, {report['settings']['threads']} threads)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

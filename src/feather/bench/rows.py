@@ -7,7 +7,8 @@ import torch, as a deployment would not. Every row does one untimed warm-up and 
 ``repeats`` timed runs; the child writes every sample, the parent takes the medians.
 
 SPEC is a JSON file: ``{"kind", "model", "export", "prune", "prompt", "image",
-"new_tokens", "repeats", "threads"}``. OUT receives ``{"samples": {name: [s, ...]},
+"new_tokens", "repeats", "threads"}`` (kind ``chain_points`` adds ``"points"``, see there).
+OUT receives ``{"samples": {name: [s, ...]},
 "kv_cache_bytes", "seq_len", "kept", "tokens", "peak_rss_bytes", "torch_loaded"}``.
 """
 
@@ -181,16 +182,43 @@ def chain(spec: dict) -> dict:
     image, samples = _image(spec), {}
     for i in range(spec["repeats"] + 1):
         res = pipe.generate(image, spec["prompt"], max_new_tokens=1 + spec["new_tokens"])
-        t = res.timings
         if i:
-            _collect(samples, vision_s=t["vision_s"], llm_prefill_s=t["llm_prefill_s"], ttft_s=t["ttft_s"],
-                     decode_s=t["decode_s"], decode_tokens_per_s=t["decode_tokens_per_s"])
+            _chain_sample(samples, res.timings)
     seq_len, _ = pipe.encoder.encode(spec["prompt"])
     return {"samples": samples, "kv_cache_bytes": res.kv_bytes, "seq_len": len(seq_len),
             "kept": [len(s["kept"]) for s in res.stages], "tokens": list(res.tokens)}
 
 
-KINDS = {"torch_eager": torch_eager, "reference": reference, "chain": chain}
+def _chain_sample(samples: dict, t: dict) -> None:
+    _collect(samples, vision_s=t["vision_s"], llm_prefill_s=t["llm_prefill_s"], ttft_s=t["ttft_s"],
+             decode_s=t["decode_s"], decode_tokens_per_s=t["decode_tokens_per_s"])
+
+
+# -- feather-bench --points: one export at several operating points -------------------------
+def chain_points(spec: dict) -> dict:
+    """One ``Pipeline`` over a FEATHER export, run at each of ``spec["points"]`` (mappings of
+    ratio, stride, mode: ``Pipeline.generate(prune=...)``). One untimed warm-up per point, then
+    ``repeats`` rounds that each run every point once, in order (interleaved, so a drift in
+    the machine's load touches every point alike). OUT: ``{"points": [{"point", "samples",
+    "kept", "kv_cache_bytes", "tokens"}, ...], "seq_len"}``."""
+    from feather.runtime import Pipeline
+
+    pipe = Pipeline.load(spec["export"], threads=spec["threads"])
+    image, pts, n = _image(spec), spec["points"], 1 + spec["new_tokens"]
+    last = [pipe.generate(image, spec["prompt"], max_new_tokens=n, prune=p) for p in pts]  # warm-up
+    samples: list[dict] = [{} for _ in pts]
+    for _ in range(spec["repeats"]):
+        for i, p in enumerate(pts):
+            last[i] = pipe.generate(image, spec["prompt"], max_new_tokens=n, prune=p)
+            _chain_sample(samples[i], last[i].timings)
+    seq_len, _ = pipe.encoder.encode(spec["prompt"])
+    return {"points": [{"point": r.point, "samples": s, "kv_cache_bytes": r.kv_bytes,
+                        "kept": [len(st["kept"]) for st in r.stages], "tokens": list(r.tokens)}
+                       for r, s in zip(last, samples)],
+            "seq_len": len(seq_len)}
+
+
+KINDS = {"torch_eager": torch_eager, "reference": reference, "chain": chain, "chain_points": chain_points}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,15 @@ The plan comes from the manifest alone (tensor names, KV templates, dims, axis r
   graph in one phase only;
 - the embed graph gets one profile over ``seq`` (prefill and decode); the vision graph is static.
 
+Operating points (docs/operating-points.md): a call may choose any ratio / stride / mode the
+export accepts (``pruning.points``), so a segment holds anywhere from its stage's fewest to its
+most kept image tokens (``pruning.stages[i].keep_range``) plus the prompt's text. Each
+segment's profiles span min ``seq.min`` (1) to max ``seq.max`` (the export's max_seq, which
+holds every image token and the longest prompt), so they cover that whole range with no rebuild;
+their ``opt`` (the shape TensorRT tunes for) is the export's own point: the segment's image
+tokens there (``ImageTokens.point``) plus ``OPT_TEXT`` text tokens. ``--dry-run`` prints, per
+segment, the image-token range it must serve beside its profiles.
+
 Precision (``--precision``): ``as-exported`` builds a strongly typed network, so the ONNX
 dtypes decide (an fp16 export keeps RMSNorm's reductions and the softmax in fp32 in the
 graph itself); that works on TensorRT 10.3 (Jetson) and 11.x. ``fp16`` / ``bf16`` over an
@@ -41,18 +50,52 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from feather import layout, points
 from feather.errors import BackendError, ConfigError
 from feather.folder import staged_files, write_atomic
 from feather.manifest import GraphSpec, Manifest, load_manifest, save_manifest, sha256_file
 from feather.manifest.checks import ENGINE_FOLDER
-from feather.manifest.graphs import CACHE, SEQ, role_shapes
+from feather.manifest.graphs import CACHE, HIDDEN, SEQ, role_shapes
 from feather.manifest.schema import EngineProfile, EngineSpec
 
 BUILD_MODES = ("as-exported", "fp16", "bf16")
 """``feather-build --precision``: how an engine is built (the export precisions are another table,
 ``feather.manifest.PRECISIONS``)."""
 MAX_WORKSPACE_GB = 1024
+OPT_TEXT = 64
+"""Text tokens of a typical prompt (the template and a question): a segment's profile ``opt`` is
+its image tokens at the export's point plus these (the exporter's seq opt, 640, is LLaVA's 576
+image tokens plus these)."""
 Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """The image tokens a segment holds (kept ones and never-pruned newlines): ``point`` at the
+    export's own operating point, ``fewest`` .. ``most`` over the points it accepts (static mode,
+    from ``pruning.stages[i].keep_range``; paper mode keeps at most the static count)."""
+
+    point: int
+    fewest: int
+    most: int
+
+
+def image_tokens(m: Manifest) -> dict[str, ImageTokens]:
+    """Per segment graph file (and its ``decode_file``), the image tokens it must serve."""
+    lay = layout.for_manifest(m)
+    n = lo = hi = lay.n
+    stage_at = {s.layer: s for s in m.pruning.stages}
+    out = {}
+    for seg in m.segments:
+        stage = stage_at.get(seg.layers[0])
+        if stage is not None:
+            fewest, most = stage.keep_range or (stage.keep, stage.keep)  # no range recorded: only its own point
+            n, lo, hi = stage.keep + lay.newlines, fewest + lay.newlines, most + lay.newlines
+        tokens = ImageTokens(seg.n_image_in if seg.n_image_in is not None else n, lo, hi)
+        out[seg.file] = tokens
+        if seg.decode_file:
+            out[seg.decode_file] = tokens
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,6 +119,7 @@ class EnginePlan:
     method: str  # float, or how its weights are quantized (QDQ)
     precision: str  # as-exported, fp16 or bf16 (as asked)
     profiles: tuple[Profile, ...]
+    image_tokens: ImageTokens | None = None  # a segment's: what its profiles must cover
 
     def describe_precision(self) -> str:
         if strongly_typed(self.dtype, self.precision):
@@ -89,12 +133,20 @@ class BuildPlan:
     folder: Path
     precision: str
     engines: tuple[EnginePlan, ...]
+    points: str = ""  # the export's own operating point and the range it accepts, in words
 
     def lines(self) -> list[str]:
-        """The plan as text: per engine its graph, precision and profiles (min / opt / max)."""
+        """The plan as text: per engine its graph, precision and profiles (min / opt / max); per
+        segment the image tokens it must serve over the operating points the export accepts."""
         out = [f"build plan for {self.folder} (precision {self.precision}, {len(self.engines)} engines)"]
+        if self.points:
+            out.append(self.points)
         for e in self.engines:
             out.append(f"{e.graph} -> {e.engine}: {e.describe_precision()}")
+            if e.image_tokens is not None:
+                t = e.image_tokens
+                out.append(f"  image tokens to serve: {t.fewest}..{t.most} over the accepted points, {t.point} at "
+                           f"the export's point (+ the prompt's text; opt: the export's point + {OPT_TEXT})")
             if not e.profiles:
                 out.append("  static shapes (no optimization profile)")
             for p in e.profiles:
@@ -124,7 +176,15 @@ def plan(folder: str | os.PathLike, precision: str = "as-exported") -> BuildPlan
     """The build plan of an export folder (verified first); ``ConfigError`` for a bad option."""
     folder = Path(folder)
     manifest = load_manifest(folder)
-    return BuildPlan(folder, precision, tuple(plan_manifest(manifest, precision)))
+    return BuildPlan(folder, precision, tuple(plan_manifest(manifest, precision)), points_line(manifest))
+
+
+def points_line(m: Manifest) -> str:
+    """``operating points: R=0.7 s=3 static (the export's own); accepts ratio 0.05..0.95, ...``."""
+    if not m.pruning.stages:
+        return f"operating points: none (criterion {m.pruning.criterion} prunes nothing)"
+    return (f"operating points: {points.default(m).label()} (the export's own); accepts {points.describe(m)} "
+            "(docs/operating-points.md)")
 
 
 def plan_manifest(m: Manifest, precision: str = "as-exported") -> list[EnginePlan]:
@@ -135,16 +195,20 @@ def plan_manifest(m: Manifest, precision: str = "as-exported") -> list[EnginePla
         raise ConfigError(f"target: the export was made for {m.target!r} (operators TensorRT cannot parse); "
                           "re-export with feather-export --target portable")
     out = []
+    tokens = image_tokens(m)
+    before = None  # the image tokens of the segment before (a segment's hidden input holds its tokens)
     for _, spec in m.graphs_with_paths():
         if spec.layers is None:  # vision, embed
             out.append(_engine(spec, spec.file, spec.method, precision, _io_profiles(m, spec)))
-        elif spec.decode_file is None:
-            profiles = (_segment_profile(m, spec, "prefill"), _segment_profile(m, spec, "decode"))
-            out.append(_engine(spec, spec.file, spec.method, precision, profiles))
+            continue
+        t = tokens[spec.file]
+        prefill, decode = _segment_profile(m, spec, "prefill", t, before), _segment_profile(m, spec, "decode", t)
+        if spec.decode_file is None:
+            out.append(_engine(spec, spec.file, spec.method, precision, (prefill, decode), t))
         else:
-            out.append(_engine(spec, spec.file, spec.method, precision, (_segment_profile(m, spec, "prefill"),)))
-            out.append(_engine(spec, spec.decode_file, spec.decode_method or spec.method, precision,
-                               (_segment_profile(m, spec, "decode"),)))
+            out.append(_engine(spec, spec.file, spec.method, precision, (prefill,), t))
+            out.append(_engine(spec, spec.decode_file, spec.decode_method or spec.method, precision, (decode,), t))
+        before = t
     return out
 
 
@@ -155,8 +219,9 @@ def engine_name(graph_file: str) -> str:
     return f"{ENGINE_FOLDER}/{stem}.engine"
 
 
-def _engine(spec: GraphSpec, file: str, method: str, precision: str, profiles) -> EnginePlan:
-    return EnginePlan(file, engine_name(file), spec.dtype, method, precision, tuple(profiles))
+def _engine(spec: GraphSpec, file: str, method: str, precision: str, profiles,
+            tokens: ImageTokens | None = None) -> EnginePlan:
+    return EnginePlan(file, engine_name(file), spec.dtype, method, precision, tuple(profiles), tokens)
 
 
 def _io_profiles(m: Manifest, spec: GraphSpec) -> tuple[Profile, ...]:
@@ -167,16 +232,35 @@ def _io_profiles(m: Manifest, spec: GraphSpec) -> tuple[Profile, ...]:
     return (_profile("all", spec, m, (r.min, r.opt, r.max), (1, 1, 1)),)
 
 
-def _segment_profile(m: Manifest, spec: GraphSpec, phase: str) -> Profile:
+def _segment_profile(m: Manifest, spec: GraphSpec, phase: str, tokens: ImageTokens,
+                     before: ImageTokens | None = None) -> Profile:
     """Prefill: S over the seq axis and the one-row dummy cache. Decode: S = 1 and the cache
-    capacity over the cache axis. Shapes from ``feather.manifest.graphs.role_shapes``."""
+    capacity over the cache axis. Shapes from ``feather.manifest.graphs.role_shapes``. min / max
+    are the axis' own (1 .. max_seq: every operating point's token count); ``opt`` is the export's
+    point, ``tokens.point`` image tokens + ``OPT_TEXT`` (the prefill's hidden input: the tokens of
+    the segment ``before``, which it gathers from)."""
     seq = spec.axes.get(SEQ)
     cache = spec.axes.get(CACHE)
     if seq is None or cache is None:
         raise ConfigError(f"{spec.file}: the manifest gives no seq/cache axis ranges; re-export it")
-    s = (seq.min, seq.opt, seq.max) if phase == "prefill" else (1, 1, 1)
-    c = (1, 1, 1) if phase == "prefill" else (max(cache.min, 1), max(cache.opt, 1), cache.max)
-    return _profile(phase, spec, m, s, c)
+    if tokens.most + 1 > seq.max:  # exporters size max_seq for every image token: a hand-edited manifest
+        raise ConfigError(f"{spec.file}: seq max {seq.max} cannot hold the {tokens.most} image tokens some "
+                          "accepted operating point keeps here plus a prompt; re-export with a larger --max-seq")
+    if phase == "decode":
+        c_lo = max(cache.min, 1)
+        return _profile(phase, spec, m, (1, 1, 1), (c_lo, _opt(tokens, c_lo, cache.max), cache.max))
+    profile = _profile(phase, spec, m, (seq.min, _opt(tokens, seq.min, seq.max), seq.max), (1, 1, 1))
+    hidden = spec.inputs[HIDDEN]
+    if before is not None and hidden in profile.shapes:  # S_in: the previous segment's tokens
+        lo, opt, hi = profile.shapes[hidden]
+        opt = (*opt[:1], _opt(before, seq.min, seq.max), *opt[2:])
+        profile.shapes[hidden] = (lo, opt, hi)
+    return profile
+
+
+def _opt(tokens: ImageTokens, lo: int, hi: int) -> int:
+    """A profile's opt length: the export's point + a typical prompt's text, within [lo, hi]."""
+    return min(max(tokens.point + OPT_TEXT, lo), hi)
 
 
 def _profile(name: str, spec: GraphSpec, m: Manifest, seqs: tuple, caps: tuple) -> Profile:

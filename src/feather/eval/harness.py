@@ -161,6 +161,11 @@ def _check_same_run(json_out, run: dict, model: Model) -> None:
                          "name another --json file")
 
 
+def write_report(path: str | os.PathLike, report: dict) -> None:
+    """Write ``report`` to ``path`` atomically (``OutputError`` in one line)."""
+    _write_json(Path(path), report)
+
+
 def _write_json(path: Path, report: dict) -> None:
     try:
         write_atomic(path, json.dumps(report, indent=1))

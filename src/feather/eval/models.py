@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from feather import points
 from feather.config import PruneConfig
 from feather.manifest import Dims, ImageSpec
 
@@ -50,19 +51,27 @@ def label(config: PruneConfig) -> str:
 
 
 class ChainModel:
-    """An export folder: the deployed chain, with the criterion it was exported with."""
+    """An export folder: the deployed chain, with the criterion it was exported with, at the
+    export's own operating point or at ``point`` (``feather.points``: ratio, stride, mode
+    within the range the export accepts). ``pipe`` reuses a loaded ``Pipeline``, so several
+    points share one set of sessions."""
 
-    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
-        from feather.runtime import Pipeline
+    def __init__(self, folder: str | os.PathLike | None = None, threads: int | None = None, point=None,
+                 pipe=None):
+        if pipe is None:
+            from feather.runtime import Pipeline
 
-        self.pipe = Pipeline.load(folder, threads=threads)
+            pipe = Pipeline.load(folder, threads=threads)
+        self.pipe = pipe
         m = self.pipe.manifest
         p = m.pruning
-        self.config = PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=p.ratio, stride=p.stride, mode=p.mode)
+        self.point = None if point is None else self.pipe.resolve(point)  # None: the export's own
+        at = self.point or points.default(m)
+        self.config = PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=at.ratio, stride=at.stride, mode=at.mode)
         self.image_spec, self.dims = m.image, m.dims
 
     def answer(self, image, prompt: str, max_new_tokens: int) -> Answer:
-        result = self.pipe.generate(image, prompt, max_new_tokens=max_new_tokens)
+        result = self.pipe.generate(image, prompt, max_new_tokens=max_new_tokens, prune=self.point)
         return Answer(result.text, result.stages)
 
 
@@ -96,10 +105,36 @@ def is_export(target: str | os.PathLike) -> bool:
     return (Path(target) / MANIFEST_NAME).is_file()
 
 
-def open_models(target: str, configs: list[PruneConfig] | None, threads: int | None = None) -> list[Model]:
-    """The models to score: the export folder's chain (``configs`` must be None), or one
-    reference per config on the checkpoint ``target`` (HF id, folder, or ``tiny``),
-    sharing one copy of the weights."""
+def export_points(folder: str | os.PathLike, ratios=None, strides=None) -> list[points.Point]:
+    """The points ``ratios`` x ``strides`` (None: the export's own) of the export ``folder``,
+    each checked against the range it accepts (``feather.points.resolve``: one ``InputError``
+    line naming the range). Reads feather.json only, so a bad point is refused before any work."""
+    from feather.errors import InputError
+    from feather.manifest import load_manifest
+
+    manifest = load_manifest(folder, verify=False)
+    if not manifest.pruning.stages:
+        raise InputError(f"{folder}: this export prunes nothing (criterion {manifest.pruning.criterion}); "
+                         "it has no operating point to choose")
+    asked = points.grid_points(ratios, strides, points.default(manifest))
+    chosen = [points.resolve(manifest, p, where="point") for p in asked]
+    names = [label(PruneConfig(criterion=manifest.pruning.criterion, K=tuple(manifest.pruning.K), ratio=p.ratio,
+                               stride=p.stride, mode=p.mode)) for p in chosen]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            j = names.index(name)
+            same = "is named twice" if chosen[i] == chosen[j] else \
+                f"runs the same selection as {chosen[j].label()} (criterion {manifest.pruning.criterion} " \
+                "ignores what differs)"
+            raise InputError(f"points: {chosen[i].label()} {same}; drop one")
+    return chosen
+
+
+def open_models(target: str, configs: list[PruneConfig] | None, threads: int | None = None,
+                at: list[points.Point] | None = None) -> list[Model]:
+    """The models to score: the export folder's chain (``configs`` must be None), at its own
+    point or once per point of ``at`` (one loaded chain shared), or one reference per config
+    on the checkpoint ``target`` (HF id, folder, or ``tiny``), sharing one copy of the weights."""
     from feather.errors import ConfigError
 
     if is_export(target):
@@ -107,7 +142,13 @@ def open_models(target: str, configs: list[PruneConfig] | None, threads: int | N
             raise ConfigError(
                 f"{target}: an export folder runs the criterion it was exported with; "
                 "--criterion, --K, --ratio, --stride, --mode and --sweep need a checkpoint")
-        return [ChainModel(target, threads)]
+        if not at:
+            return [ChainModel(target, threads)]
+        first = ChainModel(target, threads, at[0])
+        return [first] + [ChainModel(point=p, pipe=first.pipe) for p in at[1:]]
+    if at:
+        raise ConfigError(f"{target}: --points and --strides choose operating points of an export folder; "
+                          "for a checkpoint use --sweep")
     configs = configs or [PruneConfig()]
     models: list[Model] = []
     for config in configs:

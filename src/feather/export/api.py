@@ -41,6 +41,8 @@ def export(
     max_graph_layers: int | None = None,
     target: str = "portable",
     image_size: tuple[int, int] | None = None,
+    ratio_range: tuple[float, float] | None = None,
+    stride_range: tuple[int, int] | None = None,
 ) -> Path:
     """Export ``model`` with ``config`` into ``output``; return the folder.
 
@@ -50,6 +52,8 @@ def export(
     (portable or onnxruntime) is recorded in the manifest and picks the operator allow-list.
     ``image_size`` ``(width, height)``: the one frame size a LLaVA-NeXT export takes (it fixes the
     tile layout, hence every token count); required for NeXT, refused for other checkpoints.
+    ``ratio_range`` / ``stride_range``: the operating points a call may choose (``feather.points``;
+    default ratio 0.05..0.95 and stride 1..G, always holding ``config``'s own point).
 
     Raises ``OutputError`` for an output it may not write or replace (see
     ``feather.folder.check_output``) or a file-system failure while writing (full disk,
@@ -61,7 +65,7 @@ def export(
     tiles = model_mod.frame_tiles(model_mod.load_config(model), image_size)  # refused before the weights load
     llava, processor = _load(model, dtype)
     plan = make_plan(model, config, llava.config, tiles, max_graph_layers, precision=precision, opset=opset,
-                     max_seq=max_seq, target=target)
+                     max_seq=max_seq, target=target, ratio_range=ratio_range, stride_range=stride_range)
     with staged_output(out, overwrite, model) as tmp:  # feather.folder: parents, leftovers, swap, clean-up
         _write_graphs(llava, plan, tmp, quiet)
         _share_tied_embedding(llava, plan, tmp)
@@ -104,15 +108,23 @@ def _loads_as_feather_run_would(folder: Path) -> None:
 
 
 def make_plan(model: str, config: PruneConfig, hf_config, tiles, max_graph_layers: int | None = None,
-              **options) -> ExportPlan:
+              ratio_range=None, stride_range=None, **options) -> ExportPlan:
     """The ``ExportPlan`` of ``model`` (its HF config) under ``config``: geometry, image layout,
-    segments and keep counts; ``options`` are precision, opset, max_seq and target."""
+    segments, keep counts and the operating-point range; ``options`` are precision, opset,
+    max_seq and target."""
+    from feather import points
+
     geom = model_mod.geometry(hf_config, tiles)
     config.check_layers(geom.num_layers)
     check_max_seq(options.get("max_seq", 2048), geom.n_image, hf_config)
     lay = model_mod.layout_for(hf_config, tiles, config.stride)
     segments, keep = plan_segments(config, lay, geom.num_layers, max_graph_layers)
-    return ExportPlan(model, config, geom, lay, tiles, tuple(segments), tuple(keep), **options)
+    rng, ranges = None, ()
+    if config.stages:
+        rng = points.export_range(config.ratio, config.stride, geom.grid, ratio_range, stride_range)
+        ranges = tuple(points.keep_ranges(lambda s: model_mod.layout_for(hf_config, tiles, s),
+                                          [s.impl for s in config.stages], *rng))
+    return ExportPlan(model, config, geom, lay, tiles, tuple(segments), tuple(keep), rng, ranges, **options)
 
 
 def _write_manifest(folder: Path, plan: ExportPlan, llava, processor) -> None:

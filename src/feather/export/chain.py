@@ -46,6 +46,8 @@ class ExportPlan:
     tiles: TileSpec | None
     segments: tuple[SegmentPlan, ...]
     keep: tuple[int, ...]  # prunable image tokens kept after each stage (static mode), newlines not counted
+    points: tuple | None = None  # (ratio range, stride range): the operating points a call may choose
+    keep_ranges: tuple[tuple[int, int], ...] = ()  # per stage, fewest and most kept over ``points``
     precision: str = "fp32"
     opset: int = 17
     max_seq: int = 2048

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "it fixes the tile layout and every token count, and other sizes are refused at run time")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing export folder (one with feather.json; nothing else)")
+    g = parser.add_argument_group(
+        "operating points (a call may choose R, s and mode inside these; docs/operating-points.md)")
+    g.add_argument("--ratio-range", type=cli.finite_float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="ratios a call may choose (default: 0.05 0.95, widened to hold --ratio)")
+    g.add_argument("--stride-range", type=cli.int_in(1, BOUNDS["pruning.stride"][1]), nargs=2, default=None,
+                   metavar=("LO", "HI"), help="strides a call may choose (default: 1 to the grid side)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return parser
 
@@ -55,11 +61,17 @@ def _body(args: argparse.Namespace) -> int:
     # every flag and the output folder are checked before torch is imported (~4 s, 200 MB)
     config = cli.prune_config(args)
     api.check_options(args.precision, args.max_seq, args.opset, args.max_graph_layers, args.target)
+    if config.stages:  # the range refused before torch loads (the grid side is checked once the config is read)
+        from feather import points
+
+        points.export_range(config.ratio, config.stride, BOUNDS["pruning.stride"][1], args.ratio_range,
+                            args.stride_range)
     folder.check_output(args.output, args.overwrite, args.model)
     start = time.perf_counter()
     out = api.export(model=args.model, config=config, output=args.output, precision=args.precision,
                  max_seq=args.max_seq, opset=args.opset, overwrite=args.overwrite, quiet=args.quiet,
-                 max_graph_layers=args.max_graph_layers, target=args.target, image_size=args.image_size)
+                 max_graph_layers=args.max_graph_layers, target=args.target, image_size=args.image_size,
+                 ratio_range=args.ratio_range, stride_range=args.stride_range)
     if not args.quiet:
         print(f"exported {cli.shown(args.model)} -> {cli.shown(out)} in {time.perf_counter() - start:.1f} s")
     return 0

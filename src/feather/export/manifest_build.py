@@ -14,6 +14,7 @@ from feather.manifest import (
     AxisRange,
     GraphSpec,
     Manifest,
+    PointRange,
     PruningSpec,
     Source,
     StageSpec,
@@ -22,6 +23,7 @@ from feather.manifest import (
     graphs,
     save_manifest,
 )
+from feather.rules import MODES
 
 TOKENIZER_FILE = "tokenizer.json"
 # fp16 logits: 0.25, about twice the worst end-to-end difference measured on the test checkpoints
@@ -75,10 +77,16 @@ def _tokens(llava, processor) -> TokenSpec:
 def _pruning(plan: ExportPlan) -> PruningSpec:
     """The stages with the plan's keep counts (``chain.plan_segments``: the layout asked, newlines not counted)."""
     config = plan.config
-    stages = [StageSpec(layer=s.layer, rule=s.rule, rope=s.rope, keep=n) for s, n in zip(config.stages, plan.keep)]
+    ranges = list(plan.keep_ranges) or [None] * len(plan.keep)
+    stages = [StageSpec(layer=s.layer, rule=s.rule, rope=s.rope, keep=n, keep_range=None if r is None else list(r))
+              for s, n, r in zip(config.stages, plan.keep, ranges)]
     d = config.to_dict()
+    points = None
+    if plan.points is not None:
+        (rlo, rhi), (slo, shi) = plan.points
+        points = PointRange(ratio=[rlo, rhi], stride=[slo, shi], modes=list(MODES))
     return PruningSpec(criterion=d["criterion"], K=d["K"], ratio=float(d["ratio"]), stride=d["stride"],
-                       mode=d["mode"], stages=stages)
+                       mode=d["mode"], stages=stages, points=points)
 
 
 def _segment(plan: SegmentPlan, seq: AxisRange, dtype: str) -> GraphSpec:

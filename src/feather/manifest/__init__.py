@@ -26,6 +26,7 @@ from feather.manifest.schema import (
     ImageSpec,
     KVNames,
     Manifest,
+    PointRange,
     PromptSpec,
     PruningSpec,
     Source,
@@ -37,7 +38,7 @@ from feather.manifest.schema import (
 __all__ = [
     "BOUNDS", "DTYPES", "MANIFEST_NAME", "MAX_IMAGE_SIDE", "PRECISION_DTYPE", "PRECISIONS", "ROLES", "SCHEMA_VERSION",
     "SEGMENT_INPUTS", "TARGETS", "AxisRange", "Dims", "GraphSpec",
-    "ImageSpec", "KVNames", "Manifest", "PromptSpec", "PruningSpec", "Source", "StageSpec", "TokenSpec",
+    "ImageSpec", "KVNames", "Manifest", "PointRange", "PromptSpec", "PruningSpec", "Source", "StageSpec", "TokenSpec",
     "Tolerance", "check_manifest", "from_json", "hash_folder", "load_manifest", "parse", "save_manifest",
     "sha256_file", "to_json", "verify_files",
 ]

@@ -65,6 +65,7 @@ def check_manifest(m: Manifest) -> None:
     for path, graph in m.graphs_with_paths():
         _graph(path, graph, m.max_seq)
     _stages(m)
+    _points(m)
     _name("tokenizer", m.tokenizer)
     for name in m.files:
         _name(join_path("files", name), name)
@@ -250,6 +251,37 @@ def _stages(m: Manifest) -> None:
             fail(f"segments[{i}].outputs", f"{what}{'' if wants else ' but no stage at its end ranks by it'}")
         if seg.n_image_in is not None and seg.n_image_in != n_in:
             fail(f"segments[{i}].n_image_in", f"{seg.n_image_in}, expected {n_in} from the stages before it")
+
+
+def _points(m: Manifest) -> None:
+    """The operating-point range (``feather.points``): ordered ends inside the fields' own bounds,
+    holding the export's point, and each stage's ``keep_range`` as the rules count it."""
+    p, r = m.pruning, m.pruning.points
+    if r is None:
+        for i, stage in enumerate(p.stages):
+            if stage.keep_range is not None:
+                fail(f"pruning.stages[{i}].keep_range",
+                     "is given, but pruning.points (the range it counts over) is not")
+        return
+    _length("pruning.points.ratio", r.ratio, 2, "[min, max]")
+    _length("pruning.points.stride", r.stride, 2, "[min, max]")
+    if not 0.0 < r.ratio[0] <= p.ratio <= r.ratio[1] < 1.0:
+        fail("pruning.points.ratio", f"{r.ratio}: expected 0 < min <= pruning.ratio ({p.ratio}) <= max < 1")
+    lo, hi = BOUNDS["pruning.stride"]
+    if not lo <= r.stride[0] <= p.stride <= r.stride[1] <= hi:
+        fail("pruning.points.stride", f"{r.stride}: expected {lo} <= min <= pruning.stride ({p.stride}) <= max <= {hi}")
+    for j, mode in enumerate(r.modes):
+        _choice(f"pruning.points.modes[{j}]", mode, rules.MODES)
+    if p.mode not in r.modes or len(set(r.modes)) != len(r.modes):
+        fail("pruning.points.modes", f"{r.modes}: expected distinct modes including pruning.mode ({p.mode!r})")
+    from feather import points
+
+    ranges = points.keep_ranges(lambda s: layout.for_tiles(m.dims.grid, m.tiles, s),
+                                [rules.RULES[s.rule] for s in p.stages], tuple(r.ratio), tuple(r.stride))
+    for i, (stage, want) in enumerate(zip(p.stages, ranges)):
+        if stage.keep_range is None or list(stage.keep_range) != list(want):
+            fail(f"pruning.stages[{i}].keep_range", f"{stage.keep_range}, but rule {stage.rule} keeps "
+                 f"{list(want)} over pruning.points")
 
 
 ENGINE_FOLDER = "engines"

@@ -134,6 +134,17 @@ class StageSpec:
     rule: str
     rope: bool
     keep: int
+    keep_range: list[int] | None = None  # [fewest, most] kept over ``pruning.points`` (static mode)
+
+
+@dataclass
+class PointRange:
+    """The operating points a call may choose (``feather.points``): ratio and stride ranges
+    (inclusive) and modes. The export's own point (``PruningSpec.ratio`` ...) lies inside."""
+
+    ratio: list[float]
+    stride: list[int]
+    modes: list[str]
 
 
 @dataclass
@@ -146,6 +157,7 @@ class PruningSpec:
     stride: int
     mode: str
     stages: list[StageSpec]
+    points: PointRange | None = None  # None (exports before operating points): only the export's own point
 
 
 @dataclass

@@ -56,24 +56,28 @@ class Report:
         ]
 
 
-def reference_result(pipe: Pipeline, image, prompt: str, max_new_tokens: int | None, model: str | None = None):
-    """Greedy reference tokens, logits and kept indices for the pipeline's source checkpoint."""
+def reference_result(pipe: Pipeline, image, prompt: str, max_new_tokens: int | None, model: str | None = None,
+                     prune=None):
+    """Greedy reference tokens, logits and kept indices for the pipeline's source checkpoint, at the
+    operating point ``prune`` (None: the export's own)."""
     try:
         from feather.reference import Reference
     except ImportError as err:
         raise BackendError(
             f"--check needs the export extra ({err.name} missing): pip install 'feather-vlm[export]'"
         ) from None
-    ref = Reference.load(model or pipe.manifest.source.model, prune_config(pipe.manifest))
+    ref = Reference.load(model or pipe.manifest.source.model, prune_config(pipe.manifest, pipe.resolve(prune)))
     return ref if max_new_tokens is None else ref.generate(image, prompt, max_new_tokens)  # None: the Reference
 
 
-def prune_config(manifest):
-    """The ``PruneConfig`` the reference needs to reproduce ``manifest.pruning``."""
+def prune_config(manifest, point=None):
+    """The ``PruneConfig`` the reference needs to reproduce ``manifest.pruning`` at ``point`` (a
+    resolved ``feather.points.Point``; None: the export's own)."""
     from feather.config import PruneConfig
 
     p = manifest.pruning
-    return PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=p.ratio, stride=p.stride, mode=p.mode)
+    ratio, stride, mode = (p.ratio, p.stride, p.mode) if point is None else (point.ratio, point.stride, point.mode)
+    return PruneConfig(criterion=p.criterion, K=tuple(p.K), ratio=ratio, stride=stride, mode=mode)
 
 
 def compare(chain: Result, ref, tolerance: float) -> Report:
@@ -94,12 +98,14 @@ def compare(chain: Result, ref, tolerance: float) -> Report:
     return Report(agree, max(len(chain.tokens), len(ref.tokens)), diffs, cosines, kept, tolerance)
 
 
-def check(pipe: Pipeline, image, prompt: str, max_new_tokens: int, model: str | None = None) -> tuple[Result, Report]:
-    chain = pipe.generate(image, prompt, max_new_tokens)
+def check(pipe: Pipeline, image, prompt: str, max_new_tokens: int, model: str | None = None,
+          prune=None) -> tuple[Result, Report]:
+    """The chain and the PyTorch reference on the same input, both at the operating point ``prune``."""
+    chain = pipe.generate(image, prompt, max_new_tokens, prune=prune)
     if pipe.manifest.precision != "fp32" and not quantized(pipe.manifest):
-        ref = reference_result(pipe, image, prompt, None, model)
+        ref = reference_result(pipe, image, prompt, None, model, prune)
         return chain, forced_check(chain, ref, image, prompt, pipe.manifest.tolerance.logits_abs)
-    ref = reference_result(pipe, image, prompt, max_new_tokens, model)
+    ref = reference_result(pipe, image, prompt, max_new_tokens, model, prune)
     report = compare(chain, ref, pipe.manifest.tolerance.logits_abs)
     report.exact = not quantized(pipe.manifest)
     return chain, report

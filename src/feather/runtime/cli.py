@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folder", help="export folder written by feather-export")
     cli.add_generation_args(parser)
+    cli.add_point_args(parser)
     cli.add_provider_arg(parser)
     cli.add_threads_arg(parser)
     parser.add_argument("--stream", action="store_true",
@@ -70,26 +71,28 @@ def _body(args: argparse.Namespace) -> int:
 
     pipe = Pipeline.load(args.folder, provider=args.provider, threads=args.threads)
     _check_viz(pipe, args)
+    args.prune = pipe.resolve(cli.point(args))  # a point outside the export's range: one line, before any work
     if args.check:
         return _check(pipe, args)
     if args.stream:
-        result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling, on_token=_Printer(args.json))
+        result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling, on_token=_Printer(args.json),
+                               prune=args.prune)
         _viz(pipe, args, result)
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
         else:
             print(flush=True)
             if not args.quiet:
-                print(_timing_line(result.timings), file=sys.stderr)
+                print(_timing_line(result), file=sys.stderr)
         return 0
-    result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling)
+    result = pipe.generate(args.image, args.prompt, args.max_new_tokens, sampling, prune=args.prune)
     _viz(pipe, args, result)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
         print(result.text)
         if not args.quiet:
-            print(_timing_line(result.timings), file=sys.stderr)
+            print(_timing_line(result), file=sys.stderr)
     return 0
 
 
@@ -121,7 +124,7 @@ def _check(pipe, args) -> int:
         if importlib.util.find_spec(name) is None:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     with cli.status("--check: loading torch and the checkpoint, running the PyTorch reference", args.quiet):
-        result, report = check(pipe, args.image, args.prompt, args.max_new_tokens, args.model)
+        result, report = check(pipe, args.image, args.prompt, args.max_new_tokens, args.model, args.prune)
     if args.json:
         print(json.dumps({**result.to_json(), "check": {**dataclasses.asdict(report), "ok": report.ok}}))
     else:
@@ -131,10 +134,14 @@ def _check(pipe, args) -> int:
     return 0 if report.ok else 1
 
 
-def _timing_line(t: dict) -> str:
+def _timing_line(result) -> str:
+    t = result.timings
     tps = t.get("decode_tokens_per_s")
     segs = " + ".join(f"{s * 1000:.0f}" for s in t["segments_s"])
-    return (f"[vision {t['vision_s'] * 1000:.0f} ms | LLM prefill {segs} ms | "
+    p = result.point
+    kept = "/".join(str(len(s["kept"])) for s in result.stages)
+    where = f"R={p['ratio']:g} s={p['stride']} {p['mode']}, kept {kept} | " if p else ""
+    return (f"[{where}vision {t['vision_s'] * 1000:.0f} ms | LLM prefill {segs} ms | "
             f"first token {t['ttft_s'] * 1000:.0f} ms | decode {f'{tps:.1f} tok/s' if tps else 'n/a'}]")
 
 

@@ -4,6 +4,7 @@ cache (segments hold different token counts). Torch-free.
 
     pipe = Pipeline.load("feather-export")
     result = pipe.generate("photo.jpg", "What is on the table?", max_new_tokens=32)
+    result = pipe.generate(image, prompt, prune={"ratio": 0.5, "stride": 2})  # another operating point
     for piece in pipe.stream(image, prompt): print(piece, end="")
 
 Everything comes from feather.json: tensor names, KV templates, the pruning stages (each a
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from feather import layout as layout_mod
-from feather import rules
+from feather import points, rules
 from feather.errors import InputError, ManifestError
 from feather.manifest import DTYPES as DTYPE_NAMES
 from feather.manifest import GraphSpec, Manifest, graphs, load_manifest
@@ -51,10 +52,12 @@ class Result:
     kv_bytes: int = 0
     prompt_tokens: int = 0
     finish_reason: str = "length"  # "stop" (end-of-sequence), "length" (max_new_tokens), "cancelled"
+    point: dict | None = None  # the operating point that ran: ratio, stride, mode (``feather.points``)
 
     def to_json(self) -> dict:
         return {"tokens": self.tokens, "text": self.text, "stages": self.stages, "timings": self.timings,
-                "prompt_tokens": self.prompt_tokens, "kv_bytes": self.kv_bytes, "finish_reason": self.finish_reason}
+                "prompt_tokens": self.prompt_tokens, "kv_bytes": self.kv_bytes, "finish_reason": self.finish_reason,
+                "point": self.point}
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class _Run:
     stages: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     finish_reason: str = "length"
+    point: points.Point | None = None  # None: the export's own
 
 
 class Pipeline:
@@ -94,11 +98,12 @@ class Pipeline:
         self.vision = _open(backend, folder, m, m.vision)
         self.embed = _open(backend, folder, m, m.embed)
         p = m.pruning
-        self.params = rules.Params.from_ratio(p.ratio, p.stride, p.mode)
+        self.point = points.default(m)  # the export's operating point, what a call runs unless it asks another
         stage_at = {s.layer: (rules.get(s.rule), s.layer) for s in p.stages}
         self.segments = [_segment(backend, folder, m, spec, stage_at.get(spec.layers[0])) for spec in m.segments]
         self.eos = set(m.tokens.eos)
         self.layout = layout_mod.for_manifest(m)  # which image tokens stages may prune (NeXT: not newlines)
+        self._layouts = {self.point.stride: self.layout}  # per stride (NeXT's virtual grid moves with it)
 
     @classmethod
     def load(cls, folder: str | Path, provider: str = "cpu", verify: bool = True, threads: int | None = None,
@@ -117,15 +122,19 @@ class Pipeline:
     # -- the hot path ---------------------------------------------------------------------
     def generate(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling(),
                  on_token: Callable[[int, str], None] | None = None,
-                 cancel: threading.Event | None = None) -> Result:
+                 cancel: threading.Event | None = None, prune=None) -> Result:
         """Answer ``prompt`` about ``image`` (path, PIL image or H x W x 3 uint8 array).
+
+        ``prune``: the operating point, a ``feather.points.Point`` or a mapping with any of
+        ratio, stride, mode (the rest from the export); None runs the export's own. A point
+        outside the range the export accepts is refused (``InputError``, naming the range).
 
         ``on_token(id, piece)`` sees each token and the text it adds (from ``encoder.stream()``,
         O(1) work per token): "" while a multi-byte character is incomplete, and the last
         token's piece holds whatever was left, so the pieces join to the result's ``text``. A
         set ``cancel`` stops before the next step (the pieces then may lack a last, cut-short
         character)."""
-        run, tokens, steps = _Run(), [], []
+        run, tokens, steps = _Run(point=self.resolve(prune)), [], []
         text = self.encoder.stream() if on_token is not None else None
         for token, logits, last in self._tokens(image, prompt, max_new_tokens, sampling, run, cancel):
             tokens.append(token)
@@ -136,16 +145,26 @@ class Pipeline:
         return self._result(run, tokens, steps)
 
     def stream(self, image, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling(),
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, prune=None) -> Iterator[str]:
         """Yield the answer's text as it grows (the pieces join to ``generate``'s text). Runs
         in the caller's thread: leaving the loop early (break, an exception, Ctrl-C) stops
-        the generation at once, and nothing is left running."""
+        the generation at once, and nothing is left running. ``prune`` as in ``generate``."""
         text = self.encoder.stream()
-        for token, _, _ in self._tokens(image, prompt, max_new_tokens, sampling, _Run(), cancel):
+        run = _Run(point=self.resolve(prune))
+        for token, _, _ in self._tokens(image, prompt, max_new_tokens, sampling, run, cancel):
             if piece := text.put(token):
                 yield piece
         if rest := text.flush():
             yield rest
+
+    def resolve(self, prune=None) -> points.Point:
+        """The operating point ``prune`` asks for, checked against this export's range."""
+        return points.resolve(self.manifest, prune)
+
+    def _layout(self, stride: int) -> layout_mod.Layout:
+        if stride not in self._layouts:
+            self._layouts[stride] = points.layout(self.manifest, points.Point(stride=stride))
+        return self._layouts[stride]
 
     def _tokens(self, image, prompt, max_new_tokens, sampling, run: _Run,
                 cancel) -> Iterator[tuple[int, np.ndarray, bool]]:
@@ -203,7 +222,8 @@ class Pipeline:
 
     def _prefill_segments(self, hidden, offset: int, feats: np.ndarray, run: _Run, max_new_tokens: int):
         pos = np.arange(hidden.shape[1], dtype=np.int64)  # original positions, kept through pruning
-        lay = self.layout
+        point = run.point or self.point
+        lay, params = self._layout(point.stride), point.params
         live = np.arange(len(lay.prunable))  # the prunable image tokens still alive (into lay.prunable)
         score, seg_times = None, []
         for seg in self.segments:
@@ -211,7 +231,7 @@ class Pipeline:
             keep = np.arange(len(pos), dtype=np.int64)
             if seg.stage is not None:
                 rule, layer = seg.stage
-                keep, live = lay.apply_stage(rule, live, pos, offset, self.params, None if score is None else score[0],
+                keep, live = lay.apply_stage(rule, live, pos, offset, params, None if score is None else score[0],
                                              feats, layer)
                 run.stages.append({"layer": layer, "kept": lay.prunable[live].tolist()})
             pos = pos[keep]
@@ -263,8 +283,9 @@ class Pipeline:
         n = t.pop("tokens", len(tokens))
         t["decode_tokens_per_s"] = (n - 1) / t["decode_s"] if n > 1 and t.get("decode_s", 0) > 0 else None
         kv = sum(buf.nbytes for caches in run.caches for buf in caches)
+        point = (run.point or self.point).to_json() if self.manifest.pruning.stages else None
         return Result(tokens, self.encoder.decode(tokens), run.stages, t, steps, kv, run.next_pos - len(tokens) + 1,
-                      run.finish_reason)
+                      run.finish_reason, point)
 
 
 def _open(backend: backends.Backend, folder: Path, manifest: Manifest, spec: GraphSpec,

@@ -108,6 +108,7 @@ class _Server:
         if req.model is not None and req.model != self.model_name:
             raise RequestError(404, f"model: {req.model!r} is not served here; this server serves "
                                f"{self.model_name!r}", "model", "model_not_found")
+        req.point = protocol.check_point(self.pipe.manifest, req.point)  # a point outside the range: 400, no work
         prompt_tokens = len(self.pipe.encoder.encode(req.prompt)[0])
         if self.max_seq is not None and prompt_tokens + req.max_tokens > self.max_seq:
             raise RequestError(400, f"max_tokens: {prompt_tokens} prompt tokens + {req.max_tokens} new exceed the "

@@ -110,6 +110,8 @@ class Engine:
                 raise _Stop
 
         extra = {"cancel": cancel} if self._runtime_cancel else {}
+        if getattr(request, "point", None) is not None:  # the request's ``feather`` field, checked by the app
+            extra["prune"] = request.point
         try:
             result = self.pipe.generate(request.image, request.prompt, request.max_tokens, request.sampling,
                                         on_token=on_token, **extra)

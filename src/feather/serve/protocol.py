@@ -1,9 +1,13 @@
 """The OpenAI chat-completions request, checked field by field, and the response bodies.
 
 ``parse_chat(body, limits)`` turns a decoded JSON body into a ``ChatRequest`` (prompt, one
-decoded image, sampling) or raises ``RequestError`` with the HTTP status and one line
-naming the field. The image must be a base64 ``data:image/...`` URI: the server never
-fetches a URL or opens a path that a client names.
+decoded image, sampling, the operating point) or raises ``RequestError`` with the HTTP status
+and one line naming the field. The image must be a base64 ``data:image/...`` URI: the server
+never fetches a URL or opens a path that a client names.
+
+The ``feather`` extension field chooses the operating point (``feather.points``): any of
+``{"feather": {"ratio": 0.5, "stride": 2, "mode": "static"}}``, the rest from the export. Its
+types are checked here; the range the export accepts by ``check_point`` (it needs the manifest).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from feather import jsonread
+from feather import jsonread, points
 from feather.errors import InputError
 from feather.image import ImageTooLargeError, load_image
 from feather.sampling import Sampling
@@ -59,6 +63,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     model: str | None = None
+    point: points.Point | None = None  # the ``feather`` field (None: not sent, the export's own point)
 
 
 def parse_chat(body, limits: Limits) -> ChatRequest:
@@ -77,7 +82,37 @@ def parse_chat(body, limits: Limits) -> ChatRequest:
         raise RequestError(400, f"stream_options.include_usage: expected a boolean, got {_kind(include_usage)}",
                            "stream_options")
     return ChatRequest(prompt=prompt, image=image, max_tokens=_max_tokens(body, limits), sampling=_sampling(body),
-                       stream=stream, include_usage=include_usage, model=_optional(body, "model", str, None))
+                       stream=stream, include_usage=include_usage, model=_optional(body, "model", str, None),
+                       point=_point(body))
+
+
+FIELD = "feather"
+"""The request's extension field: the operating point (``{"ratio", "stride", "mode"}``, any subset)."""
+
+
+def _point(body: dict) -> points.Point | None:
+    value = body.get(FIELD)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RequestError(400, f"{FIELD}: expected an object with any of {', '.join(points.FIELDS)}, "
+                           f"got {_kind(value)}", FIELD)
+    try:
+        return points.parse(value, FIELD)
+    except InputError as err:
+        raise RequestError(400, str(err), FIELD) from None
+
+
+def check_point(manifest, point: points.Point | None) -> points.Point | None:
+    """The point a request asked for, checked against the range the export accepts
+    (``feather.points.resolve``): a 400 naming the field and the range otherwise. None stays
+    None (the export's own point, and nothing handed to ``generate``)."""
+    if point is None:
+        return None
+    try:
+        return points.resolve(manifest, point, FIELD)
+    except InputError as err:
+        raise RequestError(400, str(err), FIELD) from None
 
 
 def _messages(messages) -> tuple[str, str]:
@@ -257,18 +292,34 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def feather_extension(result, info: dict | None = None) -> dict:
-    """Kept image indices per pruning stage, the token ids and the timings (s), plus ``info``
-    (``export_info``: the token grid and the operating point) when given."""
-    return {"tokens": list(result.tokens), "stages": result.stages, "timings": result.timings, **(info or {})}
+    """Kept image indices per pruning stage, the token ids, the timings (s) and the operating
+    point that ran (``point``: ratio, stride, mode, as ``Result.point``; null for an export that
+    prunes nothing), plus ``info`` (``export_info``: the token grid, the operating point, the
+    range of points accepted) when given. ``operating_point`` then describes the point that ran:
+    its ratio, stride and mode, and each stage's kept count in this answer."""
+    point = getattr(result, "point", None)
+    ext = {"tokens": list(result.tokens), "stages": result.stages, "timings": result.timings, **(info or {}),
+           "point": point}
+    if point is not None and "operating_point" in ext:
+        ext["operating_point"] = {**ext["operating_point"], **point,
+                                  "stages": [{"layer": s["layer"], "keep": len(s["kept"])} for s in result.stages]}
+    return ext
 
 
 def export_info(manifest) -> dict:
     """What a client needs to draw the kept tokens (``grid``: token ``i`` covers row ``i // grid``,
-    column ``i % grid`` of the model's view; ``center_crop``: that view is the centre square) and
-    the operating point (criterion, K, ratio R, stages with the tokens each keeps)."""
+    column ``i % grid`` of the model's view; ``center_crop``: that view is the centre square), the
+    export's own operating point (criterion, K, ratio R, stride, mode, stages with the tokens each
+    keeps) and ``points``, the range a request's ``feather`` field may choose from (null: an
+    export that prunes nothing)."""
     p = manifest.pruning
     tiled = getattr(manifest, "tiles", None) is not None
+    accepts = None
+    if p.stages:
+        (rlo, rhi), (slo, shi), modes = points.accepted(manifest)
+        accepts = {"ratio": [rlo, rhi], "stride": [slo, shi], "modes": list(modes)}
     return {"grid": None if tiled else manifest.dims.grid, "n_image": manifest.dims.n_image,
             "center_crop": bool(manifest.image.center_crop),
             "operating_point": {"criterion": p.criterion, "K": list(p.K), "ratio": p.ratio, "stride": p.stride,
-                                "stages": [{"layer": s.layer, "keep": s.keep} for s in p.stages]}}
+                                "mode": p.mode, "stages": [{"layer": s.layer, "keep": s.keep} for s in p.stages]},
+            "points": accepts}

@@ -30,7 +30,8 @@ input [
   { name: "MAX_TOKENS", data_type: TYPE_INT32, dims: [ 1 ], optional: true },
   { name: "TEMPERATURE", data_type: TYPE_FP32, dims: [ 1 ], optional: true },
   { name: "TOP_P", data_type: TYPE_FP32, dims: [ 1 ], optional: true },
-  { name: "SEED", data_type: TYPE_INT64, dims: [ 1 ], optional: true }
+  { name: "SEED", data_type: TYPE_INT64, dims: [ 1 ], optional: true },
+  { name: "POINT", data_type: TYPE_STRING, dims: [ 1 ], optional: true }
 ]
 output [
   { name: "TEXT", data_type: TYPE_STRING, dims: [ 1 ] },

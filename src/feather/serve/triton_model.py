@@ -7,12 +7,14 @@ generation state (KV caches) inside ``Pipeline.generate``.
 
 Inputs: ``PROMPT`` (BYTES [1]) and ``IMAGE_BYTES`` (BYTES [1], an encoded PNG/JPEG file,
 decoded here with a pixel bound; camera frames are encoded by the client); optional ``MAX_TOKENS``
-(INT32), ``TEMPERATURE`` and ``TOP_P`` (FP32), ``SEED`` (INT64). Outputs: ``TEXT`` (BYTES
-[1]), ``TOKENS`` (INT64 [n]), ``FEATHER`` (BYTES [1]: JSON with the kept image indices per
-stage and the timings). Needs feather-vlm (the base install) in the Python that Triton's
-stub runs. The stub ignores PYTHONPATH and finds its Python through PATH: start tritonserver
-with a venv's ``bin`` first on PATH to run the stub in that venv (its numpy must be the one
-the stub was built against: < 2 for nvidia-pytriton 0.7.0's). The ``site_packages``
+(INT32), ``TEMPERATURE`` and ``TOP_P`` (FP32), ``SEED`` (INT64), ``POINT`` (BYTES [1]: JSON,
+the operating point, as feather-serve's ``feather`` field: ``{"ratio": 0.5, "stride": 2}``).
+Outputs: ``TEXT`` (BYTES [1]), ``TOKENS`` (INT64 [n]), ``FEATHER`` (BYTES [1]: JSON with the
+kept image indices per stage, the timings and the operating point that ran). Needs
+feather-vlm (the base install) in the Python that Triton's stub runs. The stub ignores
+PYTHONPATH and finds its Python through PATH: start tritonserver with a venv's ``bin`` first
+on PATH to run the stub in that venv (its numpy must be the one the stub was built against:
+< 2 for nvidia-pytriton 0.7.0's). The ``site_packages``
 parameter adds a venv's site-packages instead, after the stub's own numpy is loaded.
 ``triton_python_backend_utils`` is provided by Triton itself.
 """
@@ -74,8 +76,10 @@ class TritonPythonModel:
         max_tokens = int(_scalar(request, "MAX_TOKENS", self.default_max_tokens))
         sampling = Sampling(temperature=float(_scalar(request, "TEMPERATURE", 0.0)),
                             top_p=float(_scalar(request, "TOP_P", 1.0)), seed=int(_scalar(request, "SEED", 0)))
-        result = self.pipe.generate(image, prompt, max_tokens, sampling, on_token=_stop_if_cancelled(request))
-        extra = json.dumps({"stages": result.stages, "timings": result.timings})
+        point = self._point(request)
+        result = self.pipe.generate(image, prompt, max_tokens, sampling, on_token=_stop_if_cancelled(request),
+                                    prune=point)
+        extra = json.dumps({"stages": result.stages, "timings": result.timings, "point": result.point})
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("TEXT", np.array([result.text.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("TOKENS", np.asarray(result.tokens, dtype=np.int64)),
@@ -92,6 +96,16 @@ class TritonPythonModel:
             return open_image_bytes(bytes(encoded), self.max_pixels)
         except RequestError as err:
             raise _Bad(f"IMAGE_BYTES: {err.message}") from None
+
+    def _point(self, request):
+        """``POINT``'s JSON, checked against the export's range (``feather.points.resolve``), or None."""
+        from feather import jsonread, points
+
+        text = _scalar(request, "POINT")
+        if text is None:
+            return None
+        value = jsonread.loads(bytes(text) if not isinstance(text, str) else text, "POINT", max_bytes=4096)
+        return points.resolve(self.pipe.manifest, value, "POINT")
 
     def finalize(self) -> None:
         self.pipe = None
