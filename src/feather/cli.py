@@ -129,7 +129,7 @@ def point(args: argparse.Namespace) -> dict | None:
 
 
 def add_provider_arg(parser: argparse.ArgumentParser) -> None:
-    """--provider, one of ``feather.runtime.backends.PROVIDERS`` (choices and help from that one
+    """--provider, one of ``feather.providers.PROVIDERS`` (choices and help from that one
     table, so every CLI that runs a chain lists the same providers)."""
     from feather.providers import ORT_PROVIDERS, PROVIDERS
 

@@ -60,13 +60,14 @@ def test_every_method_makes_an_export_folder_the_runtime_takes(method, quantized
     how = METHODS[method]
     m = load_manifest(done.folder)  # verifies every sha256
     assert m.target == how.target and m.tolerance.logits_abs == how.logits_abs
-    assert (m.vision.method, m.embed.method, m.vision.file) == ("float", "float", "vision.onnx")
+    vision = how.weights if how.ends else "float"  # int8 and int8-int4 quantize the tower too (int8 there)
+    assert (m.vision.method, m.embed.method, m.vision.file) == (vision, "float", "vision.onnx")
     for seg in m.segments:
         assert (seg.method, seg.dtype, seg.decode_method) == (how.weights, "float32", how.decode_weights)
         assert (seg.decode_file is not None) == (how.decode_weights is not None)
         for file in filter(None, (seg.file, seg.decode_file)):
             ops = _ops(done.folder / file)
-            assert "MatMul" in ops  # attention and the LM head stay float
+            assert "MatMul" in ops  # attention (activation x activation) stays float
             if how.target == "portable":
                 check_graph(done.folder / file, "portable")  # QDQ only, no com.microsoft
                 assert "DequantizeLinear" in ops and not ops & {"MatMulInteger", "MatMulNBits"}
@@ -78,10 +79,18 @@ def test_every_method_makes_an_export_folder_the_runtime_takes(method, quantized
     assert all(np.isfinite(step).all() for step in result.logits)
 
 
-def test_lm_head_stays_float_by_default(quantized):
-    graph = onnx.load(str(quantized("int8").folder / "segment2.onnx"))
-    head = [n for n in graph.graph.node if n.name == "/lm_head/MatMul"]
-    assert len(head) == 1 and head[0].op_type == "MatMul"
+def test_the_lm_head_and_the_tower_follow_the_method(quantized):
+    """int8 and int8-int4 quantize the head and the vision tower by default (measured at real size,
+    docs/quantization.md); int4 and the QDQ methods leave them float."""
+    for method, quantized_ends in (("int8", True), ("int8-int4", True), ("int4", False), ("int8-qdq", False)):
+        graph = onnx.load(str(quantized(method).folder / "segment2.onnx"), load_external_data=False)
+        head = [n for n in graph.graph.node if n.name == "/lm_head/MatMul"]
+        assert (head == []) == quantized_ends, method  # a quantized head is a MatMulInteger / MatMulNBits node
+        if not quantized_ends:
+            assert head[0].op_type == "MatMul"
+        vision = _ops(quantized(method).folder / "vision.onnx")
+        assert ("MatMulInteger" in vision) == quantized_ends, method
+        assert load_manifest(quantized(method).folder).vision.method == ("int8" if quantized_ends else "float")
 
 
 def test_tensorrt_targets_use_zero_points_of_zero_and_their_opset(quantized):
@@ -100,7 +109,7 @@ def test_tensorrt_targets_use_zero_points_of_zero_and_their_opset(quantized):
 
 def test_int8_segments_stay_within_the_bound(quantized):
     report = quantized("int8").report
-    assert report.ok and len(report.graphs) == 6  # 3 segments x (prefill, decode)
+    assert report.ok and len(report.graphs) == 7  # the vision tower + 3 segments x (prefill, decode)
     assert 0 < report.max_rel_error <= METHODS["int8"].bound
     # tighter on the tiny model (width 64), and the same on every kind of CPU: 0.065 measured on
     # AVX-512 VNNI and on AVX2 (qemu Haswell, tests/calibration/test_every_cpu.py)
@@ -192,7 +201,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(export_feather, quantized, tm
     assert "broken.jsonl:1: invalid JSON" in _refused([src, "--calibration", str(broken)], tmp_path, capsys)
     none = str(tmp_path / "none.jsonl")
     assert "no such calibration file" in _refused([src, "--calibration", none], tmp_path, capsys)
-    assert "already quantized (segment0.onnx is int8)" in _refused([str(quantized("int8").folder)], tmp_path, capsys)
+    assert "already quantized (vision.onnx is int8)" in _refused([str(quantized("int8").folder)], tmp_path, capsys)
     assert "invalid choice: 'int3'" in _refused([src, "--method", "int3"], tmp_path, capsys)
 
 
@@ -231,10 +240,11 @@ def test_check_on_a_quantized_folder_judges_logits_by_the_methods_tolerance(quan
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
-def test_every_weight_matmul_but_the_lm_head_is_quantized(method, quantized, export_feather):
+def test_every_weight_matmul_is_quantized_and_the_lm_head_as_the_method_says(method, quantized, export_feather):
     """Each segment's weight MatMuls (q, k, v, o and the three MLP ones per layer) are all
-    quantized. The LM head was once found by its [d, vocab] shape, which on the benchmark
-    checkpoint (d = vocab = 512) also matched q, k, v and o and left 40 of 56 in float."""
+    quantized; the LM head too with int8 (its default), not with int4. The LM head was once found
+    by its [d, vocab] shape, which on the benchmark checkpoint (d = vocab = 512) also matched q,
+    k, v and o and left 40 of 56 in float."""
     for seg in load_manifest(export_feather).segments:
         layers = seg.layers[1] - seg.layers[0]
         ops = _ops(quantized(method).folder / seg.file)
@@ -243,8 +253,10 @@ def test_every_weight_matmul_but_the_lm_head_is_quantized(method, quantized, exp
         inits = {i.name for i in graph.initializer}
         float_weights = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
         assert op in ops
-        assert sum(n.op_type == op for n in graph.node) == 7 * layers, (seg.file, float_weights)
-        assert float_weights == ([] if "logits" not in seg.outputs else float_weights[:1])  # the LM head stays
+        head = "logits" in seg.outputs and not METHODS[method].ends
+        assert sum(n.op_type == op for n in graph.node) == 7 * layers + ("logits" in seg.outputs) - head, \
+            (seg.file, float_weights)
+        assert len(float_weights) == head  # the float LM head, where the method leaves it
 
 
 def test_the_lm_head_is_found_by_the_graph_not_by_its_shape():

@@ -100,9 +100,11 @@ def test_embeddings_equal_the_checkpoints_rows(tied_exports, tied_path):
 
 
 def test_a_quantized_export_keeps_one_copy(tied_exports, tmp_path):
+    """With the head left float (int8 quantizes it by default), it points at the one shared file."""
     from feather.calibration import quantize
 
-    done = quantize(tied_exports["feather"], method="int8", output=tmp_path / "q", quiet=True)
+    done = quantize(tied_exports["feather"], method="int8", output=tmp_path / "q", quiet=True,
+                    quantize_lm_head=False)
     folder = done.folder
     stored = _matrices(folder)
     assert {where for _, _, where in stored} == {SHARED_FILE}, stored  # the float head points at the one file
@@ -110,3 +112,14 @@ def test_a_quantized_export_keeps_one_copy(tied_exports, tmp_path):
     assert done.report.ok
     res = Pipeline.load(folder).generate(np.zeros((32, 32, 3), np.uint8), PROMPT, max_new_tokens=3)
     assert len(res.tokens) == 3
+
+
+def test_a_quantized_head_has_its_own_weight_and_the_embed_keeps_the_shared_file(tied_exports, tmp_path):
+    from feather.calibration import quantize
+
+    done = quantize(tied_exports["feather"], method="int8", output=tmp_path / "q", quiet=True)
+    assert done.report.ok
+    stored = _matrices(done.folder)
+    shared = [graph for graph, _, where in stored if where == SHARED_FILE]
+    assert shared == ["embed.onnx"] and len(stored) == 2, stored  # the embed's float matrix once, the head's own
+    assert (done.folder / SHARED_FILE).stat().st_size == V * D * 4

@@ -35,7 +35,7 @@ def _quantize(spec: dict) -> None:
     from feather.calibration import quantize
 
     quantize(spec["export"], method=spec["method"], output=spec["output"], quiet=True,
-             quantize_lm_head=spec.get("quantize_lm_head", False))
+             quantize_lm_head=spec.get("quantize_lm_head"))
 
 
 STEPS = {"export": _export, "quantize": _quantize}

@@ -11,8 +11,8 @@ Everything happens in a work folder beside the output, moved into place only at 
 (``feather.folder.staged_output``, the export's own folder rules and transaction: missing
 parents created, leftovers of killed runs removed, the clean-up held against signals), so a
 refusal, a failure or an interrupt leaves nothing on disk. Which graphs are quantized: every
-decoder segment; the vision tower and the LM head stay float unless ``quantize_vision`` /
-``quantize_lm_head``.
+decoder segment; the vision tower and the LM head as ``quantize_vision`` / ``quantize_lm_head``
+say, by default as the method says (``Method.ends``: int8 and int8-int4 quantize them).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Quantized:
 
 def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | os.PathLike | None = None,
              calibration: str | os.PathLike | None = None, overwrite: bool = False, quiet: bool = False,
-             quantize_vision: bool = False, quantize_lm_head: bool = False, max_new_tokens: int = 8,
+             quantize_vision: bool | None = None, quantize_lm_head: bool | None = None, max_new_tokens: int = 8,
              threads: int | None = None, captured: capture_mod.Capture | None = None) -> Quantized:
     """Quantize the float export ``export_dir`` with ``method`` (``methods.METHODS``) into
     ``output`` (default ``<export_dir>-<method>``), calibrated on ``calibration`` (a JSONL of
@@ -59,8 +59,12 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
     output it may not write (checked before the capture runs; missing parent folders are
     created), or a file-system failure while writing; in each case nothing is written.
     ``captured``: a ``record()`` of this same export to reuse (quantizing one export several
-    ways captures once)."""
+    ways captures once). ``quantize_vision`` / ``quantize_lm_head``: None takes the method's
+    default (``Method.ends``: int8 and int8-int4 quantize both, measured at real size in
+    docs/quantization.md; the others keep them float)."""
     how = methods_mod.get(method)
+    quantize_vision = how.ends if quantize_vision is None else bool(quantize_vision)
+    quantize_lm_head = how.ends if quantize_lm_head is None else bool(quantize_lm_head)
     import onnx  # noqa: F401  (the [export] extra: fail before the capture runs, not after it)
     import onnxruntime.quantization  # noqa: F401
 

@@ -27,8 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the sample picture with a few prompts)")
     parser.add_argument("--steps", type=cli.int_in(1, 256), default=8,
                         help="greedy tokens per calibration prompt for the chain comparison (default: %(default)s)")
-    parser.add_argument("--quantize-vision", action="store_true", help="quantize the vision tower too (default: float)")
-    parser.add_argument("--quantize-lm-head", action="store_true", help="quantize the LM head too (default: float)")
+    parser.add_argument("--quantize-vision", action=argparse.BooleanOptionalAction, default=None,
+                        help="quantize the vision tower too (default: yes for int8 and int8-int4, which give it "
+                             "int8; no for the others)")
+    parser.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=None,
+                        help="quantize the LM head too (default: as --quantize-vision)")
     cli.add_threads_arg(parser, "ONNX Runtime intra-op threads")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     parser.add_argument("--json", action="store_true", help="print the accuracy report as JSON on stdout")

@@ -25,7 +25,7 @@ from feather.export.chain import ExportPlan, SegmentPlan, plan_segments
 from feather.export.progress import Steps
 from feather.folder import check_output, staged_output
 from feather.hf import checkpoint as model_mod
-from feather.manifest import BOUNDS, PRECISIONS, TARGETS
+from feather.manifest import BOUNDS, EXPORT_OPSETS, PRECISIONS, TARGETS
 from feather.text import first_line
 
 
@@ -179,8 +179,9 @@ def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: in
     low, high = BOUNDS["max_seq"]  # the manifest's bound: refused here, not after every graph is exported
     if isinstance(max_seq, bool) or not isinstance(max_seq, int) or not low <= max_seq <= high:
         raise ConfigError(f"max_seq: got {max_seq!r}, expected an integer in {low}..{high}")
-    if not 17 <= opset <= 21:
-        raise ConfigError(f"opset: got {opset}, expected 17..21")
+    low, high = EXPORT_OPSETS
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise ConfigError(f"opset: got {opset!r}, expected {low}..{high}")
 
 
 

@@ -7,7 +7,7 @@ import time
 
 from feather import cli
 from feather.hf.checkpoint import DEFAULT_MODEL
-from feather.manifest import BOUNDS, MAX_IMAGE_SIDE, PRECISIONS, TARGETS
+from feather.manifest import BOUNDS, EXPORT_OPSETS, MAX_IMAGE_SIDE, PRECISIONS, TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{' or '.join(PRECISIONS)} (default: %(default)s)")
     parser.add_argument("--max-seq", type=cli.int_in(*BOUNDS["max_seq"]), default=2048,
                         help="longest prompt + answer, {}..{} (default: %(default)s)".format(*BOUNDS["max_seq"]))
-    parser.add_argument("--opset", type=cli.int_in(17, 21), default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--opset", type=cli.int_in(*EXPORT_OPSETS), default=17,
+                        help="ONNX opset (default: %(default)s)")
     parser.add_argument("--max-graph-layers", type=cli.int_in(1, 1 << 16), default=None, metavar="N",
                         help="at most N decoder layers per graph (bounds export memory; 8 for 7B)")
     parser.add_argument("--target", default="portable", choices=TARGETS,

@@ -15,9 +15,10 @@ points both graphs at it as external data (same file, same offset):
 
 ONNX Runtime maps external data from the file, so the two sessions share its pages. feather.json
 hashes the file like any other. ``reshare`` does the same for the graphs ``feather-quantize``
-rewrites, when the head was left in float (the default): a quantizer copies the float weight
-into its own output, and ``reshare`` points it back at the shared file. A quantized head
-(``--quantize-lm-head``) has its own weight; the embed graph keeps the shared float matrix.
+rewrites, when the head was left in float (``--no-quantize-lm-head``; int4 and QDQ by default):
+a quantizer copies the float weight into its own output, and ``reshare`` points it back at the
+shared file. A quantized head (int8 and int8-int4 by default) has its own weight; the embed graph
+keeps the shared float matrix.
 """
 
 from __future__ import annotations

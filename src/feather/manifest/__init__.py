@@ -15,6 +15,7 @@ from feather.manifest.graphs import ROLES, SEGMENT_INPUTS
 from feather.manifest.schema import (
     BOUNDS,
     DTYPES,
+    EXPORT_OPSETS,
     MAX_IMAGE_SIDE,
     PRECISION_DTYPE,
     PRECISIONS,
@@ -36,7 +37,8 @@ from feather.manifest.schema import (
 )
 
 __all__ = [
-    "BOUNDS", "DTYPES", "MANIFEST_NAME", "MAX_IMAGE_SIDE", "PRECISION_DTYPE", "PRECISIONS", "ROLES", "SCHEMA_VERSION",
+    "BOUNDS", "DTYPES", "EXPORT_OPSETS", "MANIFEST_NAME", "MAX_IMAGE_SIDE", "PRECISION_DTYPE", "PRECISIONS", "ROLES",
+    "SCHEMA_VERSION",
     "SEGMENT_INPUTS", "TARGETS", "AxisRange", "Dims", "GraphSpec",
     "ImageSpec", "KVNames", "Manifest", "PointRange", "PromptSpec", "PruningSpec", "Source", "StageSpec", "TokenSpec",
     "Tolerance", "check_manifest", "from_json", "hash_folder", "load_manifest", "parse", "save_manifest",

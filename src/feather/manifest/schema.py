@@ -48,6 +48,10 @@ BOUNDS = {
 """Inclusive bounds per numeric field (7B LLaVA: 32 layers, d 4096, vocab 32064, 576 tokens); the
 exporter's options take the same ones (``feather-export --max-seq``), so a value the manifest
 would refuse is refused before any graph is exported."""
+EXPORT_OPSETS = (17, 21)
+"""Opsets ``feather-export --opset`` writes (the tracer's, validated by the export); the manifest's
+bound is wider (``BOUNDS["opset"]``: feather-quantize converts int4-qdq to 21, fp8-qdq to 19, and
+records what it wrote)."""
 MAX_IMAGE_SIDE = 4096
 """Largest image side in pixels (crop, shortest edge, LLaVA-NeXT frames and tiles)."""
 @dataclass
