@@ -12,7 +12,8 @@ Everything happens in a work folder beside the output, moved into place only at 
 parents created, leftovers of killed runs removed, the clean-up held against signals), so a
 refusal, a failure or an interrupt leaves nothing on disk. Which graphs are quantized: every
 decoder segment; the vision tower and the LM head as ``quantize_vision`` / ``quantize_lm_head``
-say, by default as the method says (``Method.ends``: int8 and int8-int4 quantize them).
+say: by default the tower stays float and the head follows the method (``Method.head``: int8
+and int8-int4 quantize it).
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ def quantize(export_dir: str | os.PathLike, method: str = "int8", output: str | 
     output it may not write (checked before the capture runs; missing parent folders are
     created), or a file-system failure while writing; in each case nothing is written.
     ``captured``: a ``record()`` of this same export to reuse (quantizing one export several
-    ways captures once). ``quantize_vision`` / ``quantize_lm_head``: None takes the method's
-    default (``Method.ends``: int8 and int8-int4 quantize both, measured at real size in
-    docs/quantization.md; the others keep them float)."""
+    ways captures once). ``quantize_vision`` / ``quantize_lm_head``: None takes the default: the
+    tower float; the head quantized by int8 and int8-int4 (``Method.head``, measured at real size
+    in docs/quantization.md), float with the others."""
     how = methods_mod.get(method)
-    quantize_vision = how.ends if quantize_vision is None else bool(quantize_vision)
-    quantize_lm_head = how.ends if quantize_lm_head is None else bool(quantize_lm_head)
+    quantize_vision = bool(quantize_vision)
+    quantize_lm_head = how.head if quantize_lm_head is None else bool(quantize_lm_head)
     import onnx  # noqa: F401  (the [export] extra: fail before the capture runs, not after it)
     import onnxruntime.quantization  # noqa: F401
 

@@ -28,10 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=cli.int_in(1, 256), default=8,
                         help="greedy tokens per calibration prompt for the chain comparison (default: %(default)s)")
     parser.add_argument("--quantize-vision", action=argparse.BooleanOptionalAction, default=None,
-                        help="quantize the vision tower too (default: yes for int8 and int8-int4, which give it "
-                             "int8; no for the others)")
+                        help="quantize the vision tower too (default: no; docs/quantization.md says what it "
+                             "buys and costs)")
     parser.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=None,
-                        help="quantize the LM head too (default: as --quantize-vision)")
+                        help="quantize the LM head too (default: yes for int8 and int8-int4, no for the others)")
     cli.add_threads_arg(parser, "ONNX Runtime intra-op threads")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     parser.add_argument("--json", action="store_true", help="print the accuracy report as JSON on stdout")

@@ -49,17 +49,17 @@ class Method:
     calibrated: bool  # needs activation ranges from the capture
     bound: float
     logits_abs: float
-    ends: bool = False  # the vision tower and the LM head quantized by default too (int8 there; measured:
-    # docs/quantization.md, "What is quantized"); ``--no-quantize-vision`` / ``--no-quantize-lm-head`` keep them float
+    head: bool = False  # the LM head quantized by default too (measured: docs/quantization.md, "What is
+    # quantized"); ``--no-quantize-lm-head`` keeps it float. The vision tower stays float unless asked.
 
 
 METHODS = {
     m.name: m for m in (
         # bounds and tolerances: docs/quantization.md ("The check"); 4-bit and FP8 bounds only
         # catch a broken quantization until a trained checkpoint can judge them
-        Method("int8", "onnxruntime", "int8", None, None, False, 0.6, 6.0, ends=True),
+        Method("int8", "onnxruntime", "int8", None, None, False, 0.6, 6.0, head=True),
         Method("int4", "onnxruntime", "int4", None, None, False, 1.5, 30.0),
-        Method("int8-int4", "onnxruntime", "int8", "int4", None, False, 1.5, 30.0, ends=True),
+        Method("int8-int4", "onnxruntime", "int8", "int4", None, False, 1.5, 30.0, head=True),
         Method("int8-qdq", "portable", "int8-qdq", None, None, True, 0.6, 6.0),
         Method("int4-qdq", "portable", "int4-qdq", None, 21, False, 1.5, 30.0),
         Method("fp8-qdq", "portable", "fp8-qdq", None, 19, True, 1.5, 30.0),
