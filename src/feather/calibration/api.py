@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,10 @@ def _check_output(src: Path, output, overwrite: bool) -> Path:
 
 
 def _capture(src: Path, samples: list[Sample], max_new_tokens: int, threads, quiet: bool):
+    low, size, available = capture_mod.one_at_a_time(src)
+    if low and not quiet:
+        print(f"capture: the float chain's graphs take {size / 1e9:.1f} GB, more than {capture_mod.FIT:g} of the "
+              f"{available / 1e9:.1f} GB available; running one graph at a time (slower)", file=sys.stderr)
     with Steps(len(samples), quiet) as steps:
         steps.step("capture (float chain)")
         return capture_mod.record(src, samples, max_new_tokens, threads=threads, on_sample=lambda _: steps.done())

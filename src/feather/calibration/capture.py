@@ -11,6 +11,7 @@ keeps a 32-layer capture small.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,15 +82,96 @@ class RecordingBackend:
         return self.inner.to_host(value)
 
 
+class OneAtATime:
+    """A backend that keeps one graph's session open at a time, for a floating-point chain whose
+    weights do not fit in memory beside everything else (a 7B fp32 export is 27 GB): each
+    session is opened when it runs and closed when another one runs, so peak memory is about
+    the largest graph; every decode step reopens each segment (slow, but it finishes)."""
+
+    def __init__(self, inner):
+        self.inner, self.name = inner, inner.name
+        self._current: tuple | None = None  # (LazySession, the open session)
+
+    def open(self, path: Path, graph: GraphSpec, manifest: Manifest) -> LazySession:
+        return LazySession(self, path, graph, manifest)
+
+    def session(self, lazy: LazySession):
+        if self._current is not None and self._current[0] is lazy:
+            return self._current[1]
+        self._current = None
+        gc.collect()  # the last session's weights go before the next one's arrive
+        self._current = (lazy, self.inner.open(lazy.path, lazy.graph, lazy.manifest))
+        return self._current[1]
+
+    def kv_buffer(self, shape, dtype):
+        return self.inner.kv_buffer(shape, dtype)
+
+    def to_host(self, value) -> np.ndarray:
+        return self.inner.to_host(value)
+
+
+class LazySession:
+    """One graph's session under ``OneAtATime``: opened once here for its names, then on each run."""
+
+    def __init__(self, owner: OneAtATime, path: Path, graph: GraphSpec, manifest: Manifest):
+        self.owner, self.path, self.graph, self.manifest = owner, path, graph, manifest
+        real = owner.session(self)
+        self.name, self.input_names, self.output_names = real.name, real.input_names, real.output_names
+
+    def run(self, feeds: Mapping, outputs: Sequence[str]) -> dict:
+        return self.owner.session(self).run(feeds, outputs)
+
+
+FIT = 0.5
+"""The float chain runs with every session open when its graph files take at most this share of
+the memory available now (``one_at_a_time``); above it, one session at a time."""
+
+
+def one_at_a_time(folder: str | Path) -> tuple[bool, int, int | None]:
+    """``(too large to hold whole, the chain's bytes, bytes available)`` for the float chain in
+    ``folder``: its graphs and their external data against ``FIT`` of MemAvailable (never too
+    large where that cannot be read)."""
+    from feather.manifest import load_manifest
+
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    files = {manifest.path(folder, g.file) for _, g in manifest.graphs_with_paths()}
+    size = sum(f.stat().st_size + _data_size(f) for f in files)
+    available = _available_bytes()
+    return available is not None and size > FIT * available, size, available
+
+
+def _data_size(graph: Path) -> int:
+    data = graph.with_name(graph.name + ".data")
+    return data.stat().st_size if data.is_file() else 0
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def record(folder: str | Path, samples: list[Sample], max_new_tokens: int = 8, decode_records: int = 2,
-            threads: int | None = None, on_sample: Callable[[int], None] | None = None) -> Capture:
+           threads: int | None = None, on_sample: Callable[[int], None] | None = None,
+           low_memory: bool | None = None) -> Capture:
     """Run the chain in ``folder`` greedily on each sample for ``max_new_tokens`` tokens and
     record every graph's feeds: the prefill and the first ``decode_records`` decode steps
-    (the later steps only add tokens for the chain comparison); ``on_sample(i)`` after each."""
+    (the later steps only add tokens for the chain comparison); ``on_sample(i)`` after each.
+    ``low_memory``: one session open at a time (``OneAtATime``); None decides by size
+    (``one_at_a_time``)."""
     from feather.runtime import Pipeline
     from feather.runtime.backends.onnxruntime import OrtBackend
 
-    backend = RecordingBackend(OrtBackend("cpu", threads))
+    inner = OrtBackend("cpu", threads)
+    if low_memory if low_memory is not None else one_at_a_time(folder)[0]:
+        inner = OneAtATime(inner)
+    backend = RecordingBackend(inner)
     pipe = Pipeline.load(folder, backend=backend)
     out = Capture(samples=list(samples), max_new_tokens=max_new_tokens)
     for i, sample in enumerate(samples):

@@ -5,8 +5,10 @@ graph exported, passed the operator allow-list and onnx.checker, and matched PyT
 ONNX Runtime; a failure (an error, a full disk, Ctrl-C, SIGTERM) leaves nothing behind,
 and an export killed outright (SIGKILL) is cleaned by the next export into the same
 folder (``feather.folder.staged_output``, the transaction feather-quantize and feather-build
-use too). Graphs are exported one at a time and freed, so peak memory is the model plus
-about 3.5x its largest graph.
+use too). Graphs are exported one at a time, each holding only its own weights, read from a
+local checkpoint's safetensors shards while it is traced and validated (``feather.hf.stream``),
+so peak memory is about 3.5x the largest graph, not the model (a hub id, or a checkpoint that
+needs more than key renames, is loaded whole by ``from_pretrained``: the model plus that).
 
 What ``--overwrite`` may replace, and which output paths are refused, is written down in
 docs/hardening.md; ``feather.folder.check_output`` enforces it before anything is loaded.
@@ -14,6 +16,7 @@ docs/hardening.md; ``feather.folder.check_output`` enforces it before anything i
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import shutil
 from pathlib import Path
@@ -47,8 +50,8 @@ def export(
     """Export ``model`` with ``config`` into ``output``; return the folder.
 
     ``max_graph_layers`` caps the decoder layers per graph (extra cuts, no pruning there):
-    peak export memory is about the model plus 3.5x its largest graph, so a 7B export on
-    a machine with twice the weights in RAM wants 8 (see docs/architecture.md). ``target``
+    peak export memory is about 3.5x the largest graph (weights streamed per graph), so it is
+    the knob for a 7B export on a small machine (docs/benchmarks.md, "LLaVA-1.5-7B"). ``target``
     (portable or onnxruntime) is recorded in the manifest and picks the operator allow-list.
     ``image_size`` ``(width, height)``: the one frame size a LLaVA-NeXT export takes (it fixes the
     tile layout, hence every token count); required for NeXT, refused for other checkpoints.
@@ -63,18 +66,18 @@ def export(
     out = check_output(output, overwrite, model)
     dtype = model_mod.torch_dtype(precision)
     tiles = model_mod.frame_tiles(model_mod.load_config(model), image_size)  # refused before the weights load
-    llava, processor = _load(model, dtype)
+    llava, processor, source = _load(model, dtype)
     plan = make_plan(model, config, llava.config, tiles, max_graph_layers, precision=precision, opset=opset,
                      max_seq=max_seq, target=target, ratio_range=ratio_range, stride_range=stride_range)
     with staged_output(out, overwrite, model) as tmp:  # feather.folder: parents, leftovers, swap, clean-up
-        _write_graphs(llava, plan, tmp, quiet)
-        _share_tied_embedding(llava, plan, tmp)
+        _write_graphs(llava, plan, tmp, quiet, source)
+        _share_tied_embedding(llava, plan, tmp, source)
         _write_manifest(tmp, plan, llava, processor)
         _loads_as_feather_run_would(tmp)
     return out
 
 
-def _share_tied_embedding(llava, plan: ExportPlan, folder: Path) -> None:
+def _share_tied_embedding(llava, plan: ExportPlan, folder: Path, source=None) -> None:
     """A tied checkpoint's embedding matrix stored once (``feather.export.tied``); the rewritten
     embed graph is checked again against the model's own embedding."""
     from feather.export import tied
@@ -84,13 +87,14 @@ def _share_tied_embedding(llava, plan: ExportPlan, folder: Path) -> None:
                                              graphs.NAMES[graphs.LOGITS]):
         return
     onnx_io.check_graph(folder / "embed.onnx", plan.target)
-    module, _, cases = _embed_job(llava)
-    validate.raise_failures(validate.compare(module, folder / "embed.onnx", cases, plan.precision))
+    with _weights(source, *_embed_modules(llava)):
+        module, _, cases = _embed_job(llava)
+        validate.raise_failures(validate.compare(module, folder / "embed.onnx", cases, plan.precision))
 
 
 def _is_tied(llava) -> bool:
     head, embed = llava.get_output_embeddings(), llava.get_input_embeddings()
-    return head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+    return head is not None and head.weight is embed.weight  # the same Parameter (also on the meta device)
 
 
 def _loads_as_feather_run_would(folder: Path) -> None:
@@ -134,9 +138,17 @@ def _write_manifest(folder: Path, plan: ExportPlan, llava, processor) -> None:
 
 
 def _load(model: str, dtype):
-    """The checkpoint, with a missing or truncated weights file as one ``ModelError`` line."""
+    """``(model, processor, source)``: a local safetensors checkpoint streamed per graph
+    (``feather.hf.stream``: ``source`` reads each graph's weights while it is exported, so the
+    whole model is never held), else loaded whole by ``from_pretrained`` (``source`` None).
+    A missing or truncated weights file is one ``ModelError`` line."""
+    from feather.hf import stream
+
     try:
-        return model_mod.load(model, dtype)
+        source, _why = stream.open_streamed(model, dtype)
+        if source is not None:
+            return source.net, model_mod.load_processor(model), source
+        return (*model_mod.load(model, dtype), None)
     except FeatherError:
         raise
     except (OSError, ValueError) as err:
@@ -185,28 +197,49 @@ def check_options(precision: str, max_seq: int, opset: int, max_graph_layers: in
 
 
 
-def _write_graphs(llava, plan: ExportPlan, folder: Path, quiet: bool) -> None:
-    """Export, check and validate every graph, one at a time; raise all mismatches at once."""
+def _write_graphs(llava, plan: ExportPlan, folder: Path, quiet: bool, source=None) -> None:
+    """Export, check and validate every graph, one at a time, each with only its own weights
+    held when ``source`` streams them; raise all mismatches at once."""
     from feather.export import segments as seg_mod
 
     dtype = next(llava.parameters()).dtype
-    jobs = [("vision.onnx", lambda: _vision_job(llava, dtype, plan.tiles)), ("embed.onnx", lambda: _embed_job(llava))]
+    lm = llava.model.language_model
+    jobs = [("vision.onnx", _vision_modules(llava), lambda: _vision_job(llava, dtype, plan.tiles)),
+            ("embed.onnx", _embed_modules(llava), lambda: _embed_job(llava))]
     for seg in plan.segments:
-        jobs.append((seg.file, lambda p=seg: _segment_job(llava, plan.geom, p, dtype, seg_mod)))
+        held = [*lm.layers[seg.start:seg.end]] + ([lm.norm, llava.lm_head] if seg.final else [])
+        jobs.append((seg.file, held, lambda p=seg: _segment_job(llava, plan.geom, p, dtype, seg_mod)))
     failures: list[str] = []
     with Steps(len(jobs), quiet) as steps:
-        for name, make in jobs:
-            module, trace, cases = make()
-            path = folder / name
-            steps.step(f"export {name}")
-            _export_one(module, trace, path, plan.opset)
-            onnx_io.check_graph(path, plan.target)
-            steps.step(f"validate {name}")
-            failures += validate.compare(module, path, cases, plan.precision)
-            del module, trace, cases
+        for name, held, make in jobs:
+            with _weights(source, *held):
+                module, trace, cases = make()
+                path = folder / name
+                steps.step(f"export {name}")
+                _export_one(module, trace, path, plan.opset)
+                onnx_io.check_graph(path, plan.target)
+                steps.step(f"validate {name}")
+                failures += validate.compare(module, path, cases, plan.precision)
+                del module, trace, cases
             gc.collect()
             steps.done()
     validate.raise_failures(failures)
+
+
+def _weights(source, *modules):
+    """``source.weights(...)`` for a streamed checkpoint; nothing to do for one loaded whole."""
+    return source.weights(*modules) if source is not None else contextlib.nullcontext()
+
+
+def _vision_modules(llava) -> list:
+    """What the vision graph reads: the tower, the projector and LLaVA-NeXT's ``image_newline``
+    (a parameter of the model itself)."""
+    model = llava.model
+    return [model.vision_tower, model.multi_modal_projector, *model.parameters(recurse=False)]
+
+
+def _embed_modules(llava) -> list:
+    return [llava.model.language_model.embed_tokens]
 
 
 def _export_one(module, trace: tuple, path: Path, opset: int) -> None:

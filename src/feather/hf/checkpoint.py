@@ -99,18 +99,25 @@ def load(model: str, dtype=None):
     """``(model, processor)`` through transformers' ``from_pretrained`` (``MODEL_CLASSES``)."""
     import torch
     import transformers
-    from transformers import AutoProcessor
 
     config = load_config(model)
     path = resolve(model)
     cls = getattr(transformers, MODEL_CLASSES[config.model_type])
     net = cls.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True).eval()  # never pickle
+    return net, load_processor(model)
+
+
+def load_processor(model: str):
+    """The checkpoint's processor (``AutoProcessor``, Pillow backend), or one ``ModelError`` line."""
+    from transformers import AutoProcessor
+
+    path = resolve(model)
     try:
         processor = AutoProcessor.from_pretrained(path)
         _use_pil_backend(processor, path)
     except (OSError, ValueError) as err:
         raise ModelError(f"{model}: cannot load its processor ({str(err).splitlines()[0]})") from None
-    return net, processor
+    return processor
 
 
 def _use_pil_backend(processor, path: str) -> None:
