@@ -3,8 +3,8 @@ llava-1.5-7b-hf's exact configuration, then export, quantize and generate, each 
 process whose time and peak RSS are recorded (issue 20; docs/benchmarks.md).
 
     python scripts/real_size_7b.py build  DIR          # ~14 GB of fp16 safetensors shards
-    python scripts/real_size_7b.py export DIR OUT [--precision fp16] [--max-graph-layers 4]
-    python scripts/real_size_7b.py quantize OUT QOUT [--method int8-int4]
+    python scripts/real_size_7b.py export DIR OUT [--precision fp16] [--max-graph-layers 4] [--criterion none]
+    python scripts/real_size_7b.py quantize OUT QOUT [--method int8-int4] [--calibration F.jsonl] [--steps N]
     python scripts/real_size_7b.py generate EXPORT [EXPORT ...]
 
 ``build`` never holds the model: it creates the module on torch's meta device (shapes only),
@@ -102,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("out", type=Path)
     e.add_argument("--precision", default="fp16")
     e.add_argument("--max-graph-layers", type=int, default=4)
+    e.add_argument("--criterion", default="feather", help="feather (K 8 16, the defaults) or none (unpruned)")
     q = sub.add_parser("quantize")
     q.add_argument("export", type=Path)
     q.add_argument("out", type=Path)
     q.add_argument("--method", default="int8-int4")
+    q.add_argument("--calibration", default=None, help="a calibration JSONL (default: the built-in four prompts)")
+    q.add_argument("--steps", type=int, default=None, help="greedy tokens per calibration prompt (default 8)")
     g = sub.add_parser("generate")
     g.add_argument("exports", nargs="+")
     g.add_argument("--new-tokens", type=int, default=8)
@@ -114,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         build(args.dir)
         return 0
     if args.cmd == "export":
-        job = {"step": "export", "model": args.dir, "prune": {"criterion": "feather", "K": [8, 16]},
+        prune = {"criterion": "feather", "K": [8, 16]} if args.criterion == "feather" else {"criterion": "none"}
+        job = {"step": "export", "model": args.dir, "prune": prune,
                "output": str(args.out), "precision": args.precision, "max_graph_layers": args.max_graph_layers}
         print(json.dumps(_child(job, args.out.parent / "steps", "export")))
         return 0
     if args.cmd == "quantize":
-        job = {"step": "quantize", "export": str(args.export), "method": args.method, "output": str(args.out)}
+        job = {"step": "quantize", "export": str(args.export), "method": args.method, "output": str(args.out),
+               "calibration": args.calibration, "max_new_tokens": args.steps}
         print(json.dumps(_child(job, args.out.parent / "steps", "quantize")))
         return 0
     for export in args.exports:

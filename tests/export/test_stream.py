@@ -124,3 +124,25 @@ def _copy_config(folder):
         if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
             shutil.copy(f, folder / f.name)
     return folder
+
+
+def test_an_export_that_will_not_fit_says_which_max_graph_layers_would(whole, tmp_path, monkeypatch, capsys):
+    from feather.runtime import cpu
+
+    size = lambda prefix: 4 * sum(v.numel() for k, v in whole.items() if k.startswith(prefix))  # noqa: E731  fp32
+    layer = size("model.language_model.layers.0.")
+    tail = size("model.language_model.norm.") + size("lm_head.")
+    others = max(size("model.vision_tower.") + size("model.multi_modal_projector."),
+                 size("model.language_model.embed_tokens."))
+    n = next(n for n in range(1, 9) if n * layer + tail > others)  # the vision graph stays smaller
+    assert n < 8
+    available = int(export_api.EXPORT_FACTOR * (n * layer + tail)) + 1
+    monkeypatch.setattr(cpu, "available_memory", lambda: available)
+    export_api.export(model="tiny", config=PruneConfig(), output=tmp_path / "x", quiet=True)
+    err = capsys.readouterr().err
+    # the default cut (K 8 16 on 24 layers: the last segment has 8 layers and the head)
+    assert f"warning: the largest graph (segment2.onnx, {(8 * layer + tail) / 1e9:.1f} GB of weights)" in err
+    assert err.strip().endswith(f"; --max-graph-layers {n} would fit"), err
+    monkeypatch.setattr(cpu, "available_memory", lambda: int(export_api.EXPORT_FACTOR * (8 * layer + tail)) + 1)
+    export_api.export(model="tiny", config=PruneConfig(), output=tmp_path / "y", quiet=True)
+    assert "warning" not in capsys.readouterr().err

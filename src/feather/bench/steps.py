@@ -5,7 +5,8 @@ Run apart from the parent so that its peak RSS (``VmHWM``, see ``feather.bench.r
 time belong to the step alone, as a user running ``feather-export`` or ``feather-quantize``
 would see them. SPEC: ``{"step": "export", "model", "prune", "output"}`` (optional ``max_seq``, ``precision``,
 ``max_graph_layers``) or
-``{"step": "quantize", "export", "method", "output"}``. OUT: ``{"seconds", "peak_rss_bytes",
+``{"step": "quantize", "export", "method", "output"}`` (optional ``quantize_lm_head``, ``calibration``,
+``max_new_tokens``). OUT: ``{"seconds", "peak_rss_bytes",
 "folder_bytes"}``.
 """
 
@@ -34,8 +35,9 @@ def _export(spec: dict) -> None:
 def _quantize(spec: dict) -> None:
     from feather.calibration import quantize
 
+    extra = {k: spec[k] for k in ("calibration", "max_new_tokens") if spec.get(k)}
     quantize(spec["export"], method=spec["method"], output=spec["output"], quiet=True,
-             quantize_lm_head=spec.get("quantize_lm_head"))
+             quantize_lm_head=spec.get("quantize_lm_head"), **extra)
 
 
 STEPS = {"export": _export, "quantize": _quantize}

@@ -147,14 +147,9 @@ def _data_size(graph: Path) -> int:
 
 
 def _available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    from feather.runtime.cpu import available_memory
+
+    return available_memory()
 
 
 def record(folder: str | Path, samples: list[Sample], max_new_tokens: int = 8, decode_records: int = 2,

@@ -69,6 +69,7 @@ def export(
     llava, processor, source = _load(model, dtype)
     plan = make_plan(model, config, llava.config, tiles, max_graph_layers, precision=precision, opset=opset,
                      max_seq=max_seq, target=target, ratio_range=ratio_range, stride_range=stride_range)
+    _warn_memory(llava, plan, source is not None, dtype)
     with staged_output(out, overwrite, model) as tmp:  # feather.folder: parents, leftovers, swap, clean-up
         _write_graphs(llava, plan, tmp, quiet, source)
         _share_tied_embedding(llava, plan, tmp, source)
@@ -224,6 +225,54 @@ def _write_graphs(llava, plan: ExportPlan, folder: Path, quiet: bool, source=Non
             gc.collect()
             steps.done()
     validate.raise_failures(failures)
+
+
+EXPORT_FACTOR = 3.5
+"""Peak export memory over the largest graph's weights (tracing holds the folded initializers and
+the serialized proto; docs/architecture.md, "Memory")."""
+
+
+def graph_weight_bytes(llava, plan: ExportPlan, itemsize: int) -> dict[str, int]:
+    """Bytes of weights each graph of ``plan`` holds (parameters on the meta device count too)."""
+    count = lambda mods: sum(p.numel() for m in mods for p in (m.parameters() if hasattr(m, "parameters")  # noqa: E731
+                                                               else [m]))
+    lm = llava.model.language_model
+    sizes = {"vision.onnx": count(_vision_modules(llava)), "embed.onnx": count(_embed_modules(llava))}
+    for seg in plan.segments:
+        sizes[seg.file] = count(lm.layers[seg.start:seg.end]) + (count([lm.norm, llava.lm_head]) if seg.final else 0)
+    return {k: v * itemsize for k, v in sizes.items()}
+
+
+def _warn_memory(llava, plan: ExportPlan, streamed: bool, dtype) -> None:
+    """One warning line, before anything is written, when the export will likely not fit in the
+    memory available now, with the ``--max-graph-layers`` that would (a projection from
+    ``EXPORT_FACTOR``; measured at 7B in docs/benchmarks.md)."""
+    import sys
+
+    import torch
+
+    from feather.runtime.cpu import available_memory
+
+    available = available_memory()
+    if available is None:
+        return
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    sizes = graph_weight_bytes(llava, plan, itemsize)
+    whole = 0 if streamed else sum(p.numel() for p in llava.parameters()) * itemsize
+    name, largest = max(sizes.items(), key=lambda kv: kv[1])
+    need = whole + EXPORT_FACTOR * largest
+    if need <= available:
+        return
+    lm = llava.model.language_model
+    layer = sum(p.numel() for p in lm.layers[0].parameters()) * itemsize
+    tail = sum(p.numel() for m in (lm.norm, llava.lm_head) for p in m.parameters()) * itemsize
+    others = max(sizes["vision.onnx"], sizes["embed.onnx"])
+    fits = [n for n in range(1, len(lm.layers) + 1)
+            if whole + EXPORT_FACTOR * max(n * layer + tail, others) <= available]
+    hint = (f"; --max-graph-layers {fits[-1]} would fit" if fits else
+            "; no --max-graph-layers fits: free memory, or export on a larger machine")
+    print(f"warning: the largest graph ({name}, {largest / 1e9:.1f} GB of weights) needs about {need / 1e9:.1f} GB "
+          f"to export, more than the {available / 1e9:.1f} GB available{hint}", file=sys.stderr)
 
 
 def _weights(source, *modules):

@@ -128,3 +128,13 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (``MemAvailable`` in /proc/meminfo: free
+    plus reclaimable cache), or None where that cannot be read. The export and the capture size
+    their work against it (docs/architecture.md, "Memory")."""
+    for line in _read_text("/proc/meminfo").splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
