@@ -204,12 +204,11 @@ def _write_graphs(llava, plan: ExportPlan, folder: Path, quiet: bool, source=Non
     from feather.export import segments as seg_mod
 
     dtype = next(llava.parameters()).dtype
-    lm = llava.model.language_model
     jobs = [("vision.onnx", _vision_modules(llava), lambda: _vision_job(llava, dtype, plan.tiles)),
             ("embed.onnx", _embed_modules(llava), lambda: _embed_job(llava))]
     for seg in plan.segments:
-        held = [*lm.layers[seg.start:seg.end]] + ([lm.norm, llava.lm_head] if seg.final else [])
-        jobs.append((seg.file, held, lambda p=seg: _segment_job(llava, plan.geom, p, dtype, seg_mod)))
+        jobs.append((seg.file, _segment_modules(llava, seg),
+                     lambda p=seg: _segment_job(llava, plan.geom, p, dtype, seg_mod)))
     failures: list[str] = []
     with Steps(len(jobs), quiet) as steps:
         for name, held, make in jobs:
@@ -236,10 +235,9 @@ def graph_weight_bytes(llava, plan: ExportPlan, itemsize: int) -> dict[str, int]
     """Bytes of weights each graph of ``plan`` holds (parameters on the meta device count too)."""
     count = lambda mods: sum(p.numel() for m in mods for p in (m.parameters() if hasattr(m, "parameters")  # noqa: E731
                                                                else [m]))
-    lm = llava.model.language_model
     sizes = {"vision.onnx": count(_vision_modules(llava)), "embed.onnx": count(_embed_modules(llava))}
     for seg in plan.segments:
-        sizes[seg.file] = count(lm.layers[seg.start:seg.end]) + (count([lm.norm, llava.lm_head]) if seg.final else 0)
+        sizes[seg.file] = count(_segment_modules(llava, seg))
     return {k: v * itemsize for k, v in sizes.items()}
 
 
@@ -289,6 +287,12 @@ def _vision_modules(llava) -> list:
 
 def _embed_modules(llava) -> list:
     return [llava.model.language_model.embed_tokens]
+
+
+def _segment_modules(llava, seg: SegmentPlan) -> list:
+    """A segment's decoder layers, and the final norm and LM head for the last one."""
+    lm = llava.model.language_model
+    return [*lm.layers[seg.start:seg.end]] + ([lm.norm, llava.lm_head] if seg.final else [])
 
 
 def _export_one(module, trace: tuple, path: Path, opset: int) -> None:

@@ -38,13 +38,14 @@ def validate_folder(folder: str | Path, model: str | None = None,
     folder = Path(folder)
     manifest = load_manifest(folder, verify=False)
     tol = _tolerance(manifest.precision, precision_tolerance)
-    llava, geom = _load_checkpoint(manifest, model)
+    llava, geom, source = _load_checkpoint(manifest, model)
     dtype = next(llava.parameters()).dtype
     failures: list[str] = []
-    for spec, make in _jobs(manifest, llava, geom, dtype):
+    for spec, held, make in _jobs(manifest, llava, geom, dtype):
         path = _graph_path(manifest, folder, spec)
-        module, _trace, cases = make()
-        failures += validate.compare(module, path, cases, manifest.precision, tol)
+        with api._weights(source, *held):  # streamed per graph, as the export does
+            module, _trace, cases = make()
+            failures += validate.compare(module, path, cases, manifest.precision, tol)
     validate.raise_failures(failures)
 
 
@@ -61,27 +62,31 @@ def _tolerance(precision: str, given: float | str | None) -> float:
 
 
 def _load_checkpoint(manifest: Manifest, model: str | None):
-    """The source checkpoint in the export's precision; its geometry must equal ``dims``."""
+    """``(model, geometry, source)``: the source checkpoint in the export's precision, streamed per
+    graph where it can be (``api._load``); its geometry must equal ``dims``."""
     name = model or manifest.source.model
-    llava, _processor = model_mod.load(name, model_mod.torch_dtype(manifest.precision))
+    llava, _processor, source = api._load(name, model_mod.torch_dtype(manifest.precision))
     geom = model_mod.geometry(llava.config)
     for key, want in vars(manifest.dims).items():
         got = getattr(geom, key)
         if got != want:
             raise ModelError(f"{name}: {key} is {got}, but feather.json dims.{key} is {want}; "
                              "pass the checkpoint this folder was exported from")
-    return llava, geom
+    return llava, geom, source
 
 
 def _jobs(manifest: Manifest, llava, geom, dtype) -> list:
-    """(graph spec, job) in run order; each job returns (module, trace args, cases) exactly
-    as the export built them, so the cases (and their seeds) are the export's own."""
+    """(graph spec, the modules whose weights it needs, job) in run order; each job returns
+    (module, trace args, cases) exactly as the export built them, so the cases (and their
+    seeds) are the export's own."""
     from feather.export import segments as seg_mod
 
-    jobs = [(manifest.vision, lambda: api._vision_job(llava, dtype)), (manifest.embed, lambda: api._embed_job(llava))]
+    jobs = [(manifest.vision, api._vision_modules(llava), lambda: api._vision_job(llava, dtype)),
+            (manifest.embed, api._embed_modules(llava), lambda: api._embed_job(llava))]
     for i, spec in enumerate(manifest.segments):
         plan = _plan(manifest, i, spec)
-        jobs.append((spec, lambda p=plan: api._segment_job(llava, geom, p, dtype, seg_mod)))
+        jobs.append((spec, api._segment_modules(llava, plan),
+                     lambda p=plan: api._segment_job(llava, geom, p, dtype, seg_mod)))
     return jobs
 
 
