@@ -146,3 +146,17 @@ def test_an_export_that_will_not_fit_says_which_max_graph_layers_would(whole, tm
     monkeypatch.setattr(cpu, "available_memory", lambda: int(export_api.EXPORT_FACTOR * (8 * layer + tail)) + 1)
     export_api.export(model="tiny", config=PruneConfig(), output=tmp_path / "y", quiet=True)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_tied_head_streams_as_the_embedding_itself(tmp_path):
+    from tests.checkpoints import build_tied_llava
+
+    path = str(build_tied_llava(tmp_path / "tied"))
+    source, why = stream_mod.open_streamed(path, torch.float32)
+    assert source is not None, why
+    net = source.net
+    assert net.lm_head.weight is net.model.language_model.embed_tokens.weight
+    ref, _ = checkpoint.load(path, torch.float32)
+    with source.weights(net.lm_head):  # the head alone: its one matrix is the embedding's
+        assert not net.model.language_model.embed_tokens.weight.is_meta
+        assert torch.equal(net.lm_head.weight, ref.model.language_model.embed_tokens.weight)

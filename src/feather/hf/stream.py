@@ -106,6 +106,7 @@ def open_streamed(model: str, dtype):
     cls = getattr(transformers, MODEL_CLASSES[config.model_type])
     with init_empty_weights(include_buffers=False):
         net = cls._from_config(config, dtype=dtype)
+    net.tie_weights()  # as from_pretrained does: a tied head is the embedding's Parameter, stored once
     net.eval()
     _generation_config(net, path)
 
