@@ -52,3 +52,22 @@ def test_the_choice_follows_size_against_available_memory(export_feather, monkey
     assert capture_mod.one_at_a_time(export_feather)[0]
     monkeypatch.setattr(capture_mod, "_available_bytes", lambda: int(size / capture_mod.FIT) + 1)
     assert not capture_mod.one_at_a_time(export_feather)[0]
+
+
+def test_the_report_runs_a_large_quantized_chain_one_session_at_a_time(captured, quantized, monkeypatch):
+    from feather.calibration import report as report_mod
+
+    folder = quantized("int8-int4").folder
+    whole = report_mod.chain_agreement(captured, folder, None)
+    opened = []
+    real = capture_mod.OneAtATime.session
+
+    def spy(self, lazy):
+        opened.append(lazy.path.name)
+        return real(self, lazy)
+
+    monkeypatch.setattr(capture_mod, "one_at_a_time", lambda _folder: (True, 0, 0))
+    monkeypatch.setattr(capture_mod.OneAtATime, "session", spy)
+    low = report_mod.chain_agreement(captured, folder, None)
+    assert "segment0.int4.onnx" in opened and "segment0.onnx" in opened  # both phases went through it
+    assert low == whole

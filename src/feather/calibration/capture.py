@@ -128,14 +128,14 @@ the memory available now (``one_at_a_time``); above it, one session at a time.""
 
 
 def one_at_a_time(folder: str | Path) -> tuple[bool, int, int | None]:
-    """``(too large to hold whole, the chain's bytes, bytes available)`` for the float chain in
-    ``folder``: its graphs and their external data against ``FIT`` of MemAvailable (never too
-    large where that cannot be read)."""
+    """``(too large to hold whole, the chain's bytes, bytes available)`` for the chain in
+    ``folder``: its graphs (an int8-int4 chain's decode graphs too) and their external data
+    against ``FIT`` of MemAvailable (never too large where that cannot be read)."""
     from feather.manifest import load_manifest
 
     folder = Path(folder)
     manifest = load_manifest(folder)
-    files = {manifest.path(folder, g.file) for _, g in manifest.graphs_with_paths()}
+    files = {manifest.path(folder, f) for _, g in manifest.graphs_with_paths() for f in (g.file, g.decode_file) if f}
     size = sum(f.stat().st_size + _data_size(f) for f in files)
     available = _available_bytes()
     return available is not None and size > FIT * available, size, available

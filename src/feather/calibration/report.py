@@ -193,10 +193,16 @@ def compare(f: np.ndarray, q: np.ndarray) -> tuple[float, float]:
 
 
 def chain_agreement(capture: Capture, quant_dir: str | Path, threads: int | None) -> list[ChainAgreement]:
+    """The quantized chain run free on the capture's samples, against the float chain's results;
+    one session open at a time when the chain is too large to hold beside the capture
+    (``capture.one_at_a_time``: an int8-int4 7B chain holds both weight copies, 10.4 GB)."""
+    from feather.calibration.capture import OneAtATime, one_at_a_time
     from feather.runtime import Pipeline
+    from feather.runtime.backends.onnxruntime import OrtBackend
     from feather.runtime.check import compare as compare_results
 
-    pipe = Pipeline.load(quant_dir, threads=threads)
+    backend = OneAtATime(OrtBackend("cpu", threads)) if one_at_a_time(quant_dir)[0] else None
+    pipe = Pipeline.load(quant_dir, threads=threads, backend=backend)
     out = []
     for sample, ref in zip(capture.samples, capture.results):
         res = pipe.generate(str(sample.image), sample.prompt, capture.max_new_tokens)
