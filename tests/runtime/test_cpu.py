@@ -45,6 +45,20 @@ def test_amx_from_proc_cpuinfo_needs_avx512_from_cpuid(monkeypatch):
     assert cpu.detect().int8_kernel == "amx" and cpu.detect().model == "Xeon"
 
 
+def test_avx_vnni_of_the_host_does_not_count_under_an_emulated_avx2_cpu(monkeypatch):
+    """A Sapphire Rapids host lists avx_vnni too, and AVX-VNNI needs only AVX2, which Haswell has:
+    the file lists avx512f, which CPUID denies, so it is the host's and none of its extras count
+    (ONNX Runtime picks its kernels from CPUID: the saturating AVX2 ones there)."""
+    host = "model name\t: Xeon\nflags\t\t: avx2 avx512f avx512_vnni avx_vnni amx_int8\n"
+    monkeypatch.setattr(cpu, "_proc_cpuinfo", lambda: host)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpu, "_numpy_features", lambda: {"AVX2": True, "AVX512F": False, "AVX512VNNI": False})
+    assert cpu.detect().features == ("avx2",) and cpu.detect().int8_kernel == "avx2-u8s8-saturating"
+    # an AVX2-only CPU with AVX-VNNI (Alder Lake): the file agrees with CPUID, its avx_vnni counts
+    monkeypatch.setattr(cpu, "_proc_cpuinfo", lambda: "model name\t: Core\nflags\t\t: avx2 avx_vnni\n")
+    assert cpu.detect().features == ("avx2", "avx_vnni") and cpu.detect().int8_kernel == "vnni"
+
+
 def test_aarch64_board_and_part(monkeypatch):
     monkeypatch.setattr(cpu, "_proc_cpuinfo", lambda: "processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n"
                                                       "CPU part\t: 0xd42\n")

@@ -11,7 +11,8 @@ The features come from numpy's runtime dispatch table, which reads CPUID itself 
 the kernel's hwcaps (on aarch64): under ``qemu-x86_64 -cpu Haswell`` it reports what the
 emulated CPU has, where ``/proc/cpuinfo`` would still show the host's. AMX and the VEX-encoded
 AVX-VNNI are not in numpy's table; they are read from ``/proc/cpuinfo`` and only believed when
-CPUID agrees on the base they need (AVX-512F for AMX, AVX2 for AVX-VNNI).
+CPUID agrees on the base they need (AVX-512F for AMX, AVX2 for AVX-VNNI) and the file lists no
+feature that CPUID denies (else it describes the host of an emulated CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass
 _X86 = (("AVX2", "avx2"), ("AVX512F", "avx512f"), ("AVX512VNNI", "avx512_vnni"))
 _ARM = (("ASIMD", "neon"), ("ASIMDDP", "dotprod"), ("SVE", "sve"))
 _PROC_EXTRA = {"amx_int8": ("amx", "avx512f"), "avx_vnni": ("avx_vnni", "avx2"), "i8mm": ("i8mm", "neon")}
+_PROC_NAMES = {"avx2": "avx2", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni",  # ours -> /proc/cpuinfo's flag
+               "neon": "asimd", "dotprod": "asimddp", "sve": "sve"}
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,12 @@ def detect() -> CpuInfo:
     table = _X86 if arch in ("x86_64", "AMD64", "i686", "x86") else _ARM
     features = [ours for theirs, ours in table if have.get(theirs)]
     flags = _proc_flags()
+    # /proc/cpuinfo describes another CPU when it lists a feature CPUID denies (qemu -cpu Haswell
+    # on an AVX-512 host): then none of its extras count, AVX-VNNI included (CPUID says AVX2 there)
+    foreign = any(name in flags and ours not in features for ours, name in _PROC_NAMES.items()
+                  if ours in dict(table).values())
     for flag, (ours, base) in _PROC_EXTRA.items():
-        if flag in flags and base in features and ours not in features:
+        if not foreign and flag in flags and base in features and ours not in features:
             features.append(ours)
     return CpuInfo(arch, _model(), _cores(), tuple(features))
 
